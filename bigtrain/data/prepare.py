@@ -1,0 +1,85 @@
+"""Tokenise documents once into a token directory (`bigtrain-data prepare`, or on first use by the trainer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from bigtrain.ckpt.atomic import atomic_directory
+from bigtrain.config import DataConfig
+from bigtrain.data.sources import expand_files, load_documents
+from bigtrain.data.token_file import TokenFile, TokenFileWriter
+from bigtrain.errors import BigtrainError
+
+
+def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def source_spec(cfg: DataConfig, split: str) -> dict:
+    """What a split is made of; files are identified by path, size and mtime."""
+    files_key = "data.train_files" if split == "train" else "data.eval_files"
+    patterns = cfg.train_files if split == "train" else cfg.eval_files
+    if patterns:
+        files = expand_files(patterns, files_key)
+        return {"files": [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in files], "key": files_key}
+    dataset_split = cfg.split if split == "train" else cfg.eval_split
+    if cfg.dataset and dataset_split:
+        return {
+            "dataset": cfg.dataset,
+            "config": cfg.dataset_config,
+            "split": dataset_split,
+            "key": "data.dataset",
+        }
+    return {}
+
+
+def fingerprint(spec: dict, tokenizer: PreTrainedTokenizerBase, text_field: str) -> str:
+    ident = {"spec": spec, "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "field": text_field}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_split(
+    cfg: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase, cache_root: Path
+) -> TokenFile | None:
+    """Tokenise one split into `cache_root/<split>-<fingerprint>/` unless already there. None if no such split."""
+    spec = source_spec(cfg, split)
+    if not spec:
+        return None
+    fp = fingerprint(spec, tokenizer, cfg.text_field)
+    target = cache_root / f"{split}-{fp}"
+    if (target / "meta.json").exists():
+        return TokenFile(target)
+    docs = load_documents(
+        files=[f for f, _, _ in spec["files"]] if "files" in spec else None,
+        dataset=spec.get("dataset"),
+        dataset_config=spec.get("config"),
+        split=spec.get("split", "train"),
+        text_field=cfg.text_field,
+        streaming=cfg.streaming,
+        key=spec["key"],
+    )
+    with atomic_directory(target, overwrite=True) as tmp:
+        writer = TokenFileWriter(tmp, len(tokenizer), tokenizer.eos_token_id, tokenizer.name_or_path, fp)
+        for chunk in batched(docs, 64):
+            writer.add_documents(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        meta = writer.close()
+    if meta.num_tokens == 0:
+        raise BigtrainError(f"{spec['key']}: the data is empty (0 tokens after tokenisation)")
+    return TokenFile(target)
+
+
+def check_vocab(token_file: TokenFile, model_vocab: int) -> None:
+    if token_file.meta.vocab_size > model_vocab:
+        raise BigtrainError(
+            f"model.vocab_size={model_vocab} is smaller than the tokenizer's {token_file.meta.vocab_size} tokens "
+            f"({token_file.path})"
+        )

@@ -1,0 +1,76 @@
+"""A tokenised corpus on disk: one flat array of token ids (`tokens.bin`, documents separated by EOS)
+and `meta.json`. Read through a memory map, so any size costs no RAM."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bigtrain.errors import BigtrainError
+
+TOKENS = "tokens.bin"
+META = "meta.json"
+
+
+@dataclass
+class TokenFileMeta:
+    dtype: str
+    num_tokens: int
+    num_documents: int
+    vocab_size: int
+    eos_token_id: int
+    tokenizer: str
+    fingerprint: str
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+class TokenFileWriter:
+    def __init__(self, out_dir: Path, vocab_size: int, eos_token_id: int, tokenizer: str, fingerprint: str):
+        self.out_dir = out_dir
+        self.dtype = dtype_for(vocab_size)
+        self.meta = TokenFileMeta(self.dtype.name, 0, 0, vocab_size, eos_token_id, tokenizer, fingerprint)
+        self._f = open(out_dir / TOKENS, "wb")  # noqa: SIM115 - closed in close()
+
+    def add_documents(self, docs: list[list[int]]) -> None:
+        eos = self.meta.eos_token_id
+        flat = [t for ids in docs for t in (*ids, eos)]
+        self._f.write(np.asarray(flat, dtype=self.dtype).tobytes())
+        self.meta.num_tokens += len(flat)
+        self.meta.num_documents += len(docs)
+
+    def close(self) -> TokenFileMeta:
+        self._f.close()
+        (self.out_dir / META).write_text(json.dumps(asdict(self.meta), indent=2))
+        return self.meta
+
+
+class TokenFile:
+    """Read side: fixed-length sequences cut from the flat token array."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not (path / META).is_file() or not (path / TOKENS).is_file():
+            raise BigtrainError(f"{path}: not a token directory (needs {TOKENS} and {META}; see bigtrain-data prepare)")
+        try:
+            self.meta = TokenFileMeta(**json.loads((path / META).read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise BigtrainError(f"{path / META}: corrupt token metadata ({e})") from None
+        dtype = np.dtype(self.meta.dtype)
+        expected = self.meta.num_tokens * dtype.itemsize
+        actual = (path / TOKENS).stat().st_size
+        if actual != expected:
+            raise BigtrainError(f"{path / TOKENS}: {actual} bytes, expected {expected} (truncated or corrupt)")
+        self.path = path
+        self.tokens = np.memmap(path / TOKENS, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+
+    def num_sequences(self, seq_len: int) -> int:
+        return len(self.tokens) // seq_len
+
+    def sequence(self, index: int, seq_len: int) -> np.ndarray:
+        return np.asarray(self.tokens[index * seq_len : (index + 1) * seq_len], dtype=np.int64)

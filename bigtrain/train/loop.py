@@ -1,0 +1,220 @@
+"""One training stage: build, resume, loop, save, export. Reads like nanoGPT's loop:
+fetch batch, forward, backward, step, log, maybe eval, maybe save."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from bigtrain.config import Recipe, dump_recipe
+from bigtrain.data.dataset import RunData, prepare_run_data
+from bigtrain.data.prepare import check_vocab
+from bigtrain.data.sampler import GlobalBatchSampler
+from bigtrain.errors import BigtrainError
+from bigtrain.model import BigTrainForCausalLM
+from bigtrain.model.counting import train_flops_per_token
+from bigtrain.train import state_bytes
+from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, save_checkpoint
+from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
+from bigtrain.train.ds_config import build_ds_config
+from bigtrain.train.evaluate import evaluate
+from bigtrain.train.export import export_hf
+from bigtrain.train.metrics import MetricsLogger, detect_peak_tflops, peak_memory_bytes, write_run_info
+from bigtrain.train.model_config import resolve_model_config
+from bigtrain.train.preemption import PreemptionFlag
+from bigtrain.train.schedule import lr_multiplier
+from bigtrain.train.weights import initialize_weights, load_weights
+
+
+def on_main_first(world: World, work: Any) -> Any:
+    """Run `work` on rank 0, then on the others (cached results); rank 0's error stops every rank."""
+    error = None
+    result = None
+    if world.is_main:
+        try:
+            result = work()
+        except BigtrainError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error:
+        raise BigtrainError(error)
+    return result if world.is_main else work()
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay on norms (1-D) and embeddings, the usual LLaMA practice."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_vector = len(getattr(p, "ds_shape", p.shape)) < 2
+        (no_decay if is_vector or "embed_tokens" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def numel(p: torch.nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
+def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
+    world = world or init_distributed()
+    out = Path(recipe.output_dir)
+    t = recipe.train
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(dump_recipe(recipe))
+    torch.manual_seed(t.seed)
+
+    # --- data ----------------------------------------------------------------------------------
+    cache = Path(recipe.data.cache_dir or out / "data")
+    data: RunData = on_main_first(world, lambda: prepare_run_data(recipe.data, cache))
+
+    # --- model + engine -------------------------------------------------------------------------
+    model_cfg = resolve_model_config(recipe, data.vocab_size)
+    check_vocab(data.train.file, model_cfg.vocab_size)
+    ds_config = build_ds_config(recipe, world.size, model_cfg.hidden_size)
+    zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero3):
+        model = BigTrainForCausalLM(model_cfg)
+    if recipe.init_from:
+        load_weights(model, recipe.init_from, world.rank)
+    else:
+        initialize_weights(model, t.seed, world.rank)
+    if t.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    block_transform = None
+    step_cfg = getattr(recipe, "step", None)  # STEP stage: inherited layers frozen + LoRA
+    if step_cfg is not None:
+        from bigtrain.train.step_lora import apply_step, merge_block
+
+        model = apply_step(model, step_cfg, recipe.init_from)
+        block_transform = merge_block
+    total_steps = recipe.total_steps(world.size)
+    gbs, accum = recipe.global_batch(world.size)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=weight_decay_groups(model, t.weight_decay),
+        config=ds_config,
+        lr_scheduler=lambda opt: LambdaLR(opt, lr_multiplier(t, total_steps)),
+    )
+
+    # --- resume ----------------------------------------------------------------------------------
+    ckpt = newest_checkpoint(out / "checkpoints")
+    state = load_checkpoint(engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=t.seed)
+    state.world_size = world.size
+    if state.finished and (not t.export or (out / "hf" / "config.json").exists()):
+        if world.is_main:
+            print(f"bigtrain: {out} already finished at step {state.step}; nothing to do")
+        return {"status": "finished", "step": state.step, "already_finished": True}
+    logger = MetricsLogger(out, enabled=world.is_main)
+    logger.truncate_after(state.step)
+    if world.is_main and not (out / "tokenizer").exists() and not recipe.data.token_dir:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(recipe.data.tokenizer).save_pretrained(out / "tokenizer")
+
+    params_total = sum(numel(p) for p in engine.module.parameters())
+    params_trainable = sum(numel(p) for p in engine.module.parameters() if p.requires_grad)
+    peak_tflops = t.peak_tflops or detect_peak_tflops()
+    flops_per_token = train_flops_per_token(model_cfg, recipe.data.seq_len)
+    run_info: dict[str, Any] = {
+        "params_total": params_total,
+        "params_trainable": params_trainable,
+        "world_size": world.size,
+        "global_batch_size": gbs,
+        "gradient_accumulation_steps": accum,
+        "total_steps": total_steps,
+        "resumed_from": str(ckpt) if ckpt else None,
+        "init_from": recipe.init_from,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
+        "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
+        "flops_per_token": flops_per_token,
+        "peak_tflops_per_device": peak_tflops,
+        "model_config": model_cfg.to_dict(),
+    }
+    if world.is_main:
+        write_run_info(out / "run.json", run_info)
+
+    # --- loop ------------------------------------------------------------------------------------
+    sampler = GlobalBatchSampler(data.train.count, gbs, recipe.data.seed)
+    preemption = PreemptionFlag()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
+    interval_start, interval_steps = time.perf_counter(), 0
+    status = "finished"
+    last_eval: dict[str, float] = {}
+    while state.step < total_steps:
+        loss_sum = torch.zeros((), device=engine.device)
+        for micro_step in range(accum):
+            idx = sampler.micro_batch_indices(state.step, micro_step, world.rank, world.size, t.micro_batch_size)
+            batch = data.train.batch(idx).to(engine.device)
+            loss = engine(input_ids=batch, labels=batch).loss
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach().float()
+        state.step += 1
+        state.tokens += gbs * recipe.data.seq_len
+        interval_steps += 1
+        bar.update(1)
+
+        if state.step % t.log_every == 0 or state.step == total_steps:
+            dist.all_reduce(loss_sum)
+            elapsed = time.perf_counter() - interval_start
+            tokens_per_s = interval_steps * gbs * recipe.data.seq_len / elapsed
+            record = {
+                "step": state.step,
+                "loss": float(loss_sum) / (accum * world.size),
+                "lr": float(engine.get_lr()[0]),
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens": state.tokens,
+                "tokens_per_s": tokens_per_s,
+                "step_time_s": elapsed / interval_steps,
+                "mfu": flops_per_token * tokens_per_s / (peak_tflops * 1e12 * world.size) if peak_tflops else None,
+                "memory_bytes": peak_memory_bytes(),
+            }
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
+            interval_start, interval_steps = time.perf_counter(), 0
+        else:
+            record = None
+        if data.eval is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
+            last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
+            record = {**(record or {"step": state.step}), **last_eval}
+        if record:
+            logger.log(record)
+        if preemption.any_rank_received(engine.device):
+            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+            status = "preempted"
+            break
+        if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
+            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+    bar.close()
+
+    # --- end of stage ------------------------------------------------------------------------------
+    if status == "finished":
+        if data.eval is not None:
+            last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
+            logger.log({"step": state.step, **last_eval})
+        state.finished = True
+        save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+        if t.export:
+            tokenizer_dir = out / "tokenizer" if (out / "tokenizer").exists() else None
+            export_hf(engine.module, model_cfg, out / "hf", tokenizer_dir, world, transform=block_transform)
+    run_info.update(
+        status=status,
+        step=state.step,
+        tokens=state.tokens,
+        final_eval=last_eval,
+        memory=state_bytes.per_rank(engine, optimizer) | {"peak_bytes": peak_memory_bytes()},
+    )
+    if world.is_main:
+        write_run_info(out / "run.json", run_info)
+    logger.close()
+    barrier()
+    return run_info

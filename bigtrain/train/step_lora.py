@@ -1,0 +1,145 @@
+"""STEP (Yano et al., NAACL 2025): freeze the layers inherited from the previous stage, adapt them with LoRA
+(peft), train the new layers fully; fold the adapters back into plain LLaMA weights for export.
+
+Which layers are inherited is read from the growth record (`growth.json`) of the stage's `init_from`.
+The adapters are injected in place (`peft.inject_adapter_in_model`), so the model keeps its class and its
+forward; parameter names only gain `.base_layer` and `.lora_{A,B}.default` parts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from bigtrain.config import StepConfig
+from bigtrain.errors import BigtrainError
+
+ADAPTER = "default"
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+# Set by apply_step so that merge_block (called by the exporter with tensors only) knows alpha / rank.
+_active_scale: float | None = None
+
+
+def layer_index(name: str) -> int | None:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def trainable_in_step(name: str, inherited: set[int], step: StepConfig) -> bool:
+    """Whether a base (LLaMA-named) parameter trains in a STEP stage. LoRA parameters always train."""
+    i = layer_index(name)
+    if i is not None:
+        if i not in inherited:
+            return True
+        return step.train_inherited_norms and name.endswith("layernorm.weight")
+    if name.startswith("model.embed_tokens."):
+        return step.train_embeddings
+    # The final norm belongs to the output side: it trains with the LM head.
+    return step.train_lm_head
+
+
+def lora_shapes(
+    layer_linears: Iterable[tuple[int, str, int, int]], inherited: set[int], step: StepConfig
+) -> list[tuple[str, tuple[int, int]]]:
+    """(name, shape) of every LoRA tensor, given (layer, LLaMA module name, in, out) of each linear."""
+    out: list[tuple[str, tuple[int, int]]] = []
+    for layer, module, fan_in, fan_out in layer_linears:
+        if layer in inherited and module.rsplit(".", 1)[-1] in step.targets:
+            out.append((f"{module}.lora_A.{ADAPTER}.weight", (step.lora_rank, fan_in)))
+            out.append((f"{module}.lora_B.{ADAPTER}.weight", (fan_out, step.lora_rank)))
+    return out
+
+
+def read_inherited_layers(init_from: str | Path) -> set[int]:
+    """Indices of the inherited layers, from `growth.json` in `init_from`."""
+    from bigtrain.growth.record import read_growth_record
+
+    path = Path(init_from)
+    if not (path / "growth.json").is_file():
+        raise BigtrainError(f"{path}: no growth.json (STEP needs to know which layers are inherited)")
+    return set(read_growth_record(path).inherited_layers())
+
+
+def apply_step(
+    model: nn.Module, step_cfg: StepConfig, init_from: str | Path, inherited: set[int] | None = None
+) -> nn.Module:
+    """Freeze inherited layers, attach LoRA to their target projections, leave the rest trainable.
+
+    Called after the weights are loaded and before `deepspeed.initialize`; works on a ZeRO-3 partitioned
+    model (peft reads in/out features from the Linear modules, not from the partitioned weights). The new
+    LoRA parameters are ordinary tensors; `deepspeed.initialize` partitions them with the rest.
+    """
+    global _active_scale
+    if inherited is None:
+        inherited = read_inherited_layers(init_from)
+    n_layers = len(model.model.layers)  # type: ignore[union-attr]
+    if not inherited:
+        raise BigtrainError(f"{init_from}: growth.json marks no layer as inherited; STEP has nothing to freeze")
+    if max(inherited) >= n_layers:
+        raise BigtrainError(f"{init_from}: growth.json names layer {max(inherited)}, the model has {n_layers}")
+    targets = matching_targets(model, inherited, step_cfg)
+    config = LoraConfig(
+        r=step_cfg.lora_rank,
+        lora_alpha=step_cfg.lora_alpha if step_cfg.lora_alpha is not None else step_cfg.lora_rank,
+        lora_dropout=step_cfg.lora_dropout,
+        target_modules=targets,
+        bias="none",
+    )
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    for name, p in model.named_parameters():
+        is_lora = ".lora_" in name
+        p.requires_grad_(is_lora or trainable_in_step(base_name(name), inherited, step_cfg))
+    _active_scale = step_cfg.scale
+    return model
+
+
+def matching_targets(model: nn.Module, inherited: set[int], step_cfg: StepConfig) -> list[str]:
+    """Full module names to adapt: the target projections of the inherited layers (fails if none match)."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and layer_index(name + ".") in inherited
+        and name.rsplit(".", 1)[-1] in step_cfg.targets
+    ]
+    if not names:
+        raise BigtrainError(f"step.targets {step_cfg.targets} match no linear layer of the inherited layers")
+    return names
+
+
+def base_name(name: str) -> str:
+    """The LLaMA name of a (possibly peft-wrapped) base parameter."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")
+
+
+def merge_block(tensors: dict[str, torch.Tensor], scale: float | None = None) -> dict[str, torch.Tensor]:
+    """Fold LoRA into base weights (W + scale * B @ A, in float32) and return LLaMA-named tensors.
+
+    `tensors` are full (gathered) tensors named as in `model.named_parameters()` of the adapted model;
+    `scale` is alpha / rank, by default the one `apply_step` used in this process.
+    """
+    scale = _active_scale if scale is None else scale
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if ".lora_" in name:
+            continue
+        out[base_name(name)] = t
+    for name, a in tensors.items():
+        if f".lora_A.{ADAPTER}." not in name:
+            continue
+        module = name.split(".lora_A.")[0]
+        b = tensors.get(f"{module}.lora_B.{ADAPTER}.weight")
+        base = base_name(f"{module}.base_layer.weight")
+        if b is None or base not in out:
+            raise BigtrainError(f"merge_block: {module} has lora_A but no lora_B or base weight in this block")
+        if scale is None:
+            raise BigtrainError("merge_block: no LoRA scale (apply_step was not called in this process)")
+        w = out[base]
+        out[base] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
+    return out
