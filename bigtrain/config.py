@@ -142,12 +142,114 @@ class TrainConfig(Section):
         return self
 
 
+# --- staged training (STEP, model families): issue 5 --------------------------------------------
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
+WIDTH_OPS = ("net2net", "aki", "zero-width", "random-width", "mixture")
+# GrowSpec size field -> the ModelSpec field it sets
+# A later stage's sizes come from grow:, never from model: (the weights must come from somewhere)
+SIZE_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_embeddings",
+    "layout",
+)
+GROW_SIZES = {
+    "layers": "num_layers",
+    "hidden": "hidden_size",
+    "ffn": "intermediate_size",
+    "heads": "num_heads",
+    "kv_heads": "num_kv_heads",
+}
+
+
+class StepConfig(Section):
+    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully."""
+
+    lora_rank: int = Field(default=64, ge=1)
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: list(PROJECTIONS))
+    # The paper leaves these open; both default to trainable (see docs/staged.md).
+    train_embeddings: bool = True
+    train_lm_head: bool = True
+    # RMSNorm weights of inherited layers: frozen with the rest of the layer by default.
+    train_inherited_norms: bool = False
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> StepConfig:
+        unknown = [t for t in self.targets if t not in PROJECTIONS]
+        if unknown:
+            raise ValueError(f"LoRA target {unknown[0]!r} matches no module (known: {', '.join(PROJECTIONS)})")
+        if not self.targets:
+            raise ValueError("LoRA targets are empty")
+        return self
+
+    @property
+    def scale(self) -> float:
+        return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / self.lora_rank
+
+
+class GrowSpec(Section):
+    """How a stage's model is grown from the previous stage's export (names as `bigtrain-grow` flags)."""
+
+    op: str
+    layers: int | None = None
+    hidden: int | None = None
+    ffn: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    init: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _known_op(self) -> GrowSpec:
+        for part in self.op.split("+"):
+            if part not in DEPTH_OPS + WIDTH_OPS:
+                raise ValueError(f"unknown growth op {part!r} (known: {', '.join(DEPTH_OPS + WIDTH_OPS)})")
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        """The ModelSpec fields this growth sets."""
+        return {GROW_SIZES[k]: v for k in GROW_SIZES if (v := getattr(self, k)) is not None}
+
+    def grow_args(self) -> dict[str, Any]:
+        """Keyword arguments for `bigtrain.growth.grow_checkpoint` (op excluded)."""
+        return {k: v for k, v in self.model_dump().items() if k != "op" and v is not None}
+
+
+class StageSpec(Section):
+    """One stage of a staged recipe: a flat training run that starts from the previous stage grown."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # First stage: partial overrides of the recipe's `model:`. Later stages: sizes come from `grow:`.
+    model: dict[str, Any] = Field(default_factory=dict)
+    grow: GrowSpec | None = None
+    step: StepConfig | None = None
+    train: dict[str, Any] = Field(default_factory=dict)  # partial overrides of the recipe's `train:`
+    data: dict[str, Any] = Field(default_factory=dict)  # partial overrides of the recipe's `data:`
+    # Max LR: a number, "by-size" (first stage's LR x (P_first / P_this)^lr_size_exponent, P = non-embedding
+    # parameters), or None (the stage's train.lr).
+    lr: float | Literal["by-size"] | None = None
+    lr_size_exponent: float = 0.5
+    init_from: str | None = None  # first stage only: an HF dir to start from
+
+
 class Recipe(Section):
     output_dir: str = "runs/demo"
     init_from: str | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    step: StepConfig | None = None  # a flat stage with STEP on (init_from holds growth.json)
+    stages: list[StageSpec] | None = None  # a staged recipe (see bigtrain/pipeline/stages.py)
 
     def global_batch(self, world_size: int) -> tuple[int, int]:
         """(global batch size in sequences, gradient accumulation steps) for this world size."""
@@ -230,8 +332,9 @@ def validate_recipe(data: dict[str, Any], source: str) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError(describe_validation_error(e, source)) from None
+        raise RecipeError(describe_stage_error(e, data, source) or describe_validation_error(e, source)) from None
     check_model(recipe.model, source)
+    check_stages(recipe, source)
     return recipe
 
 
@@ -245,6 +348,124 @@ def check_model(spec: ModelSpec, source: str) -> BigTrainConfig:
     if problems:
         raise RecipeError(f"{source}: model: {problems[0]}")
     return cfg
+
+
+def describe_stage_error(err: ValidationError, data: dict[str, Any], source: str) -> str | None:
+    """A schema error inside `stages:` named by the stage's name rather than its list index."""
+    loc = err.errors()[0]["loc"]
+    if len(loc) < 3 or loc[0] != "stages" or not isinstance(loc[1], int):
+        return None
+    entry = (data.get("stages") or [None] * (loc[1] + 1))[loc[1]]
+    name = entry.get("name") if isinstance(entry, dict) else None
+    where = f"{source}: stage {name!r}" if name else f"{source}: stage #{loc[1] + 1}"
+    return describe_validation_error(ValidationError.from_exception_data(err.title, [_relocated(err, 2)]), where)
+
+
+def _relocated(err: ValidationError, drop: int) -> Any:
+    first = err.errors()[0]
+    return {"type": first["type"], "loc": first["loc"][drop:], "input": first.get("input"), "ctx": first.get("ctx", {})}
+
+
+def check_stages(recipe: Recipe, source: str) -> list[ModelSpec]:
+    """Validate a staged recipe now (not inside a rank hours later); returns each stage's model."""
+    if recipe.stages is None:
+        if recipe.step is not None and recipe.init_from is None:
+            raise RecipeError(f"{source}: step: needs init_from (a grown checkpoint with growth.json)")
+        return [recipe.model]
+    if recipe.step is not None:
+        raise RecipeError(f"{source}: step: belongs inside a stage when stages: is given")
+    if not recipe.stages:
+        raise RecipeError(f"{source}: stages: is empty")
+    seen: set[str] = set()
+    models: list[ModelSpec] = []
+    for i, stage in enumerate(recipe.stages):
+        where = f"{source}: stage {stage.name!r}"
+        if stage.name in seen:
+            raise RecipeError(f"{where}: the name is used by an earlier stage")
+        seen.add(stage.name)
+        models.append(_stage_model(recipe, i, models[-1] if models else None, where))
+        prev_name = recipe.stages[i - 1].name if i else None
+        _check_stage_growth(stage, models[-1], models[-2] if i else None, prev_name, recipe, where)
+        _check_stage_sections(recipe, stage, where)
+    return models
+
+
+def _stage_model(recipe: Recipe, i: int, prev: ModelSpec | None, where: str) -> ModelSpec:
+    stage = recipe.stages[i]  # type: ignore[index]
+    if prev is None:
+        base = recipe.model.model_dump()
+        data = deep_merge(base, stage.model)
+        if stage.grow is not None:
+            data = deep_merge(data, stage.grow.sizes())
+    else:
+        sized = {k: v for k, v in stage.model.items() if k in SIZE_FIELDS}
+        grown = deep_merge(prev.model_dump(), stage.grow.sizes() if stage.grow else {})
+        for key, value in sized.items():
+            if grown.get(key) != value:
+                how = f"grow: gives {grown.get(key)}" if stage.grow else "there is no grow: to get there"
+                raise RecipeError(
+                    f"{where}: model.{key}={value} has no model source (previous stage has "
+                    f"{prev.model_dump().get(key)}, {how})"
+                )
+        data = deep_merge(grown, stage.model)
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(describe_validation_error(e, f"{where}: model")) from None
+    check_model(spec, f"{where}")
+    return spec
+
+
+def _check_stage_growth(
+    stage: StageSpec,
+    spec: ModelSpec,
+    prev: ModelSpec | None,
+    prev_name: str | None,
+    recipe: Recipe,
+    where: str,
+) -> None:
+    grow = stage.grow
+    if prev is None:
+        if grow is not None and not (stage.init_from or recipe.init_from):
+            raise RecipeError(f"{where}: grow: has no model source to grow from (the first stage needs init_from)")
+        if stage.step is not None and not (stage.init_from or recipe.init_from):
+            raise RecipeError(f"{where}: step: needs a model source (init_from with growth.json)")
+    elif stage.init_from is not None:
+        raise RecipeError(f"{where}: init_from: only the first stage may set it (later stages start from the last)")
+    if grow is not None and prev is not None:
+        before, after = prev.model_dump(), spec.model_dump()
+        for field in GROW_SIZES.values():
+            b, a = before[field], after[field]
+            if field == "num_kv_heads":  # None means "as many as query heads"
+                b, a = b or before["num_heads"], a or after["num_heads"]
+            if a < b:
+                raise RecipeError(f"{where}: grow: would shrink {field} from {b} (stage {prev_name!r}) to {a}")
+        if after == before:
+            raise RecipeError(f"{where}: grow: op {grow.op!r} names no size larger than stage {prev_name!r}'s")
+        ops = grow.op.split("+")
+        if spec.num_layers > prev.num_layers and not any(op in DEPTH_OPS for op in ops):
+            raise RecipeError(f"{where}: grow: layers={spec.num_layers} needs a depth op ({', '.join(DEPTH_OPS)})")
+        widened = any(after[f] != before[f] for f in GROW_SIZES.values() if f != "num_layers")
+        if widened and not any(op in WIDTH_OPS for op in ops):
+            raise RecipeError(f"{where}: grow: a wider model needs a width op ({', '.join(WIDTH_OPS)})")
+    if stage.step is not None and prev is not None:
+        if grow is None or spec.num_layers <= prev.num_layers:
+            raise RecipeError(f"{where}: step: needs grow: to add layers (STEP trains the new layers)")
+        cfg = spec.build_config()
+        inherited_ffn = any(cfg.layer_intermediate_sizes[: prev.num_layers])
+        if not inherited_ffn:
+            for t in stage.step.targets:
+                if t in MLP_PROJECTIONS:
+                    raise RecipeError(f"{where}: step.targets: {t!r} matches nothing (no inherited layer has an FFN)")
+
+
+def _check_stage_sections(recipe: Recipe, stage: StageSpec, where: str) -> None:
+    for name, cls in (("train", TrainConfig), ("data", DataConfig)):
+        merged = deep_merge(getattr(recipe, name).model_dump(), getattr(stage, name))
+        try:
+            cls.model_validate(merged)
+        except ValidationError as e:
+            raise RecipeError(describe_validation_error(e, f"{where}: {name}")) from None
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

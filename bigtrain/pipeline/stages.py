@@ -1,0 +1,112 @@
+"""Stage resolution: a staged recipe becomes an ordered list of flat, runnable stages.
+
+Each stage is an ordinary single-stage `Recipe` (what `bigtrain/train.py` runs) plus where its weights
+come from: the previous stage's export, grown by `grow:` into `<output_dir>/<stage>/init` when the stage
+has one. Validation happened at load (`bigtrain.config.check_stages`); this only assembles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bigtrain.config import (
+    GrowSpec,
+    ModelSpec,
+    Recipe,
+    RecipeError,
+    check_stages,
+    deep_merge,
+    parse_overrides,
+    validate_recipe,
+)
+from bigtrain.model.counting import non_embedding_params
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    name: str
+    recipe: Recipe  # flat: output_dir is the stage's directory, init_from where its weights come from
+    grow: GrowSpec | None
+    grow_from: str | None  # the checkpoint `grow` reads (previous export, or the recipe's init_from)
+    inherited_layers: int  # layers of the previous stage (0 for the first)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.output_dir)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.output_dir / "hf"
+
+    @property
+    def finished(self) -> bool:
+        return (self.export_dir / "config.json").is_file()
+
+
+def stage_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / name
+
+
+def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: str = "recipe") -> list[Stage]:
+    """The stages of `recipe` in order. A flat recipe is one stage named after nothing: `main`.
+
+    `overrides` (the `key=value`s of the command line) are applied to every stage last, so they win over
+    stage-specific values; `output_dir` is the root under which each stage gets its own directory.
+    """
+    if not recipe.stages:
+        return [Stage(0, "main", recipe, None, None, 0)]
+    models = check_stages(recipe, source)
+    per_stage = {
+        k: v for k, v in parse_overrides(overrides or []).items() if k not in ("output_dir", "stages")
+    }
+    root = recipe.output_dir
+    first_lr: float | None = None
+    stages: list[Stage] = []
+    for i, (spec, model) in enumerate(zip(recipe.stages, models, strict=True)):
+        where = f"{source}: stage {spec.name!r}"
+        train = deep_merge(recipe.train.model_dump(mode="json"), spec.train)
+        if spec.lr == "by-size":
+            if first_lr is None:
+                raise RecipeError(
+                    f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it"
+                )
+            train["lr"] = lr_by_size(first_lr, models[0], model, spec.lr_size_exponent)
+        elif spec.lr is not None:
+            train["lr"] = spec.lr
+        if first_lr is None:
+            first_lr = float(train["lr"])
+        out = stage_dir(root, spec.name)
+        prev_export = str(stage_dir(root, recipe.stages[i - 1].name) / "hf") if i else None
+        origin = prev_export if i else (spec.init_from or recipe.init_from)
+        init_from = str(out / "init") if spec.grow is not None else origin
+        flat: dict[str, Any] = {
+            "output_dir": str(out),
+            "init_from": init_from,
+            "model": model.model_dump(mode="json"),
+            "data": deep_merge(recipe.data.model_dump(mode="json"), spec.data),
+            "train": train,
+            "step": spec.step.model_dump(mode="json") if spec.step else None,
+        }
+        flat = deep_merge(flat, per_stage)
+        stages.append(
+            Stage(
+                index=i,
+                name=spec.name,
+                recipe=validate_recipe(flat, where),
+                grow=spec.grow,
+                grow_from=origin if spec.grow is not None else None,
+                inherited_layers=models[i - 1].num_layers if i else 0,
+            )
+        )
+    return stages
+
+
+def lr_by_size(first_lr: float, first: ModelSpec, this: ModelSpec, exponent: float) -> float:
+    """Max LR by size (default rule, an option per stage): lr_1 * (P_1 / P)^exponent, P the non-embedding
+    parameters; exponent 0.5 is lr proportional to 1/sqrt(params), anchored at the first member."""
+    p1 = non_embedding_params(first.build_config())
+    p = non_embedding_params(this.build_config())
+    return first_lr * (p1 / p) ** exponent

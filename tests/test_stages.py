@@ -1,0 +1,137 @@
+"""Staged recipes: validation at load (one line naming the file and the stage) and stage resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bigtrain.config import RecipeError, load_recipe
+from bigtrain.pipeline.stages import lr_by_size, resolve_stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = """
+output_dir: {out}
+model: {{hidden_size: 64, num_layers: 2, head_dim: 16, num_heads: 4, intermediate_size: 176, vocab_size: 320}}
+train: {{max_steps: 3, lr: 1.0e-3}}
+"""
+
+
+def write(tmp_path: Path, stages: str, head: str = "") -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(BASE.format(out=tmp_path / "run") + head + "stages:\n" + stages)
+    return path
+
+
+GOOD = """
+  - name: s1
+  - name: s2
+    grow: {op: step, layers: 3, init: mean}
+    step: {lora_rank: 4}
+    train: {max_steps: 5}
+  - name: s3
+    grow: {op: net2net, hidden: 128, heads: 8}
+    lr: by-size
+"""
+
+
+def test_stages_resolve_into_flat_recipes(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    stages = resolve_stages(load_recipe(path), source=str(path))
+    assert [s.name for s in stages] == ["s1", "s2", "s3"]
+    s1, s2, s3 = stages
+    root = tmp_path / "run"
+    assert s1.recipe.output_dir == str(root / "s1") and s1.recipe.init_from is None and s1.grow is None
+    assert s2.recipe.init_from == str(root / "s2" / "init") and s2.grow_from == str(root / "s1" / "hf")
+    assert s2.recipe.step is not None and s2.recipe.step.lora_rank == 4 and s2.inherited_layers == 2
+    assert s2.recipe.model.num_layers == 3 and s2.recipe.train.max_steps == 5
+    assert s3.recipe.model.hidden_size == 128 and s3.recipe.model.num_heads == 8 and s3.recipe.step is None
+    assert s3.recipe.model.num_layers == 3 and s3.grow_from == str(root / "s2" / "hf")
+    assert s3.recipe.train.lr == pytest.approx(lr_by_size(1e-3, s1.recipe.model, s3.recipe.model, 0.5))
+    assert s3.recipe.train.lr < s1.recipe.train.lr
+    assert not any(s.finished for s in stages)
+
+
+def test_overrides_apply_to_every_stage(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    overrides = [f"output_dir={tmp_path / 'elsewhere'}", "train.max_steps=2"]
+    stages = resolve_stages(load_recipe(path, overrides), overrides, source=str(path))
+    assert all(s.recipe.train.max_steps == 2 for s in stages)  # wins over s2's own max_steps: 5
+    assert stages[1].recipe.output_dir == str(tmp_path / "elsewhere" / "s2")
+
+
+def test_lr_by_size_is_inverse_sqrt_of_non_embedding_params(tmp_path: Path) -> None:
+    stages = resolve_stages(load_recipe(write(tmp_path, GOOD)))
+    from bigtrain.model.counting import non_embedding_params
+
+    p1 = non_embedding_params(stages[0].recipe.model.build_config())
+    p3 = non_embedding_params(stages[2].recipe.model.build_config())
+    assert stages[2].recipe.train.lr == pytest.approx(1e-3 * (p1 / p3) ** 0.5)
+
+
+BAD = {
+    "shrinks": (
+        "  - name: s1\n  - name: s2\n    grow: {op: stack, layers: 1}\n",
+        "stage 's2': grow: would shrink num_layers from 2 (stage 's1') to 1",
+    ),
+    "no model source": (
+        "  - name: s1\n  - name: s2\n    model: {num_layers: 4}\n",
+        "stage 's2': model.num_layers=4 has no model source",
+    ),
+    "first stage grows from nothing": (
+        "  - name: s1\n    grow: {op: stack, layers: 4}\n",
+        "stage 's1': grow: has no model source",
+    ),
+    "unknown LoRA target": (
+        "  - name: s1\n  - name: s2\n    grow: {op: step, layers: 3}\n    step: {targets: [qkv]}\n",
+        "stage 's2': step: LoRA target 'qkv' matches no module",
+    ),
+    "LoRA targets that match nothing": (
+        "  - name: s1\n    model: {layout: {scheme: uniform}, intermediate_size: 0}\n"
+        "  - name: s2\n    grow: {op: step, layers: 3}\n    step: {targets: [gate_proj]}\n",
+        "stage 's2': step.targets: 'gate_proj' matches nothing",
+    ),
+    "unknown key in a stage": (
+        "  - name: s1\n    train: {max_stepz: 3}\n",
+        "stage 's1': train: unknown key 'max_stepz'",
+    ),
+    "unknown stage key": ("  - name: s1\n    modle: {}\n", "stage 's1': unknown key 'modle'"),
+    "unknown op": ("  - name: s1\n  - name: s2\n    grow: {op: grow-big, layers: 4}\n", "unknown growth op"),
+    "depth without a depth op": (
+        "  - name: s1\n  - name: s2\n    grow: {op: net2net, layers: 4}\n",
+        "stage 's2': grow: layers=4 needs a depth op",
+    ),
+    "step without new layers": (
+        "  - name: s1\n  - name: s2\n    grow: {op: net2net, hidden: 128, heads: 8}\n    step: {}\n",
+        "stage 's2': step: needs grow: to add layers",
+    ),
+    "duplicate names": ("  - name: s1\n  - name: s1\n", "stage 's1': the name is used by an earlier stage"),
+    "by-size first": ("  - name: s1\n    lr: by-size\n", "the first stage cannot use it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_staged_recipes_fail_at_load(tmp_path: Path, case: str) -> None:
+    stages, expected = BAD[case]
+    path = write(tmp_path, stages)
+    with pytest.raises(RecipeError) as err:
+        resolve_stages(load_recipe(path), source=str(path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)), message
+    assert expected in message, message
+
+
+def test_flat_step_needs_init_from(tmp_path: Path) -> None:
+    path = tmp_path / "flat.yaml"
+    path.write_text("step: {lora_rank: 4}\n")
+    with pytest.raises(RecipeError, match="step: needs init_from"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("name", ["step-demo", "step-1b"])
+def test_shipped_recipes_load(name: str) -> None:
+    stages = resolve_stages(load_recipe(REPO / "recipes" / f"{name}.yaml"))
+    assert len(stages) == 3
+    assert [s.recipe.step is not None for s in stages] == [False, True, True]
