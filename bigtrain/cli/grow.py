@@ -1,0 +1,75 @@
+"""bigtrain-grow CKPT_IN CKPT_OUT --op OP [sizes]: grow a checkpoint into a larger HF directory + growth.json.
+
+Exit codes: 0 grown; 1 --verify found a preserving operator that did not preserve the logits
+(nothing written); 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bigtrain.cli.common import run_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bigtrain-grow",
+        description="Grow a checkpoint (HF dir, stock LLaMA, bigtrain run dir or DeepSpeed ZeRO-3 dir) "
+        "in depth and/or width. Depth: stack, interleave, step, zero-depth, random-depth. Width: "
+        "net2net, aki, zero-width, random-width, mixture. Compose with '+', e.g. stack+net2net.",
+    )
+    p.add_argument("ckpt_in", help="checkpoint to grow (never modified)")
+    p.add_argument("ckpt_out", help="output HF directory (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--op", required=True, help="operator, or depth+width, e.g. stack, net2net, step+net2net")
+    p.add_argument("--layers", type=int, help="target number of layers (depth operators)")
+    p.add_argument("--hidden", type=int, help="target hidden size (width operators)")
+    p.add_argument("--ffn", type=int, help="target reference FFN size; each layer's scales in proportion")
+    p.add_argument("--heads", type=int, help="target reference query heads; each layer's scales in proportion")
+    p.add_argument("--kv-heads", type=int, help="target reference kv heads (default: keep the query/kv ratio)")
+    p.add_argument("--init", help="step: mean|copy|zero (default mean); mixture: orthogonal|copy|random|zero")
+    p.add_argument("--seed", type=int, default=0, help="seed of the unit maps and random inits (default 0)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
+    p.add_argument("--max-shard-mb", type=int, default=512, help="output shard size in MiB, bounds memory (512)")
+    p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty CKPT_OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+
+    def body() -> int:
+        from bigtrain.growth.api import VerificationError, describe, grow_checkpoint
+
+        try:
+            record = grow_checkpoint(
+                args.ckpt_in,
+                args.ckpt_out,
+                op=args.op,
+                overwrite=args.overwrite,
+                verify=args.verify,
+                dtype=args.dtype,
+                max_shard_bytes=args.max_shard_mb * 1024**2,
+                progress=False if args.no_progress else None,
+                layers=args.layers,
+                hidden=args.hidden,
+                ffn=args.ffn,
+                heads=args.heads,
+                kv_heads=args.kv_heads,
+                init=args.init,
+                seed=args.seed,
+            )
+        except VerificationError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(describe(record))
+        print(f"wrote {args.ckpt_out}")
+        return 0
+
+    run_cli(body)
+
+
+if __name__ == "__main__":
+    main()

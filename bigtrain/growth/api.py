@@ -1,0 +1,146 @@
+"""`grow_checkpoint`: read any accepted checkpoint, grow it, write an HF directory + growth.json atomically."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from bigtrain.ckpt.atomic import atomic_directory
+from bigtrain.ckpt.safetensors_writer import ShardedSafetensorsWriter
+from bigtrain.ckpt.source import TOKENIZER_FILES, CheckpointSource, open_checkpoint
+from bigtrain.errors import BigtrainError
+from bigtrain.growth.grow import grow
+from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
+from bigtrain.growth.verify import TOLERANCE, logit_difference, verification_batch
+from bigtrain.model import BigTrainConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the writer holds one shard in memory: this caps the output side of the RSS bound (docs/growth.md)
+DEFAULT_SHARD_BYTES = 512 * 1024**2
+
+
+class VerificationError(BigtrainError):
+    """The grown model's logits differ from the source's although the operator claims preservation."""
+
+
+def write_config(cfg: BigTrainConfig, out_dir: Path, dtype: torch.dtype) -> None:
+    """A uniform model as a stock LLaMA config (plain transformers loads it), otherwise `bigtrain`."""
+    config = cfg.to_llama_config() if cfg.is_uniform else cfg
+    config.dtype = str(dtype).removeprefix("torch.")
+    config.save_pretrained(out_dir)
+
+
+def copy_tokenizer(src: CheckpointSource, out_dir: Path) -> list[str]:
+    copied = []
+    if src.tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            f = src.tokenizer_dir / name
+            if f.is_file():
+                shutil.copy2(f, out_dir / name)
+                copied.append(name)
+    return copied
+
+
+def _check_output(ckpt_in: Path, ckpt_out: Path, overwrite: bool) -> None:
+    src, dst = ckpt_in.resolve(), ckpt_out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise BigtrainError(f"{ckpt_out}: the output must lie outside the input checkpoint {ckpt_in}")
+    if dst.exists() and not dst.is_dir():
+        raise BigtrainError(f"{ckpt_out}: exists and is not a directory")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise BigtrainError(f"{ckpt_out}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def grow_checkpoint(
+    ckpt_in: str | Path,
+    ckpt_out: str | Path,
+    *,
+    op: str | Sequence[str],
+    overwrite: bool = False,
+    verify: bool = False,
+    dtype: str | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: bool | None = None,
+    verify_ids: torch.Tensor | None = None,
+    **op_args: Any,
+) -> GrowthRecord:
+    """Grow `ckpt_in` into the HF directory `ckpt_out`; op_args as the CLI flags (layers, hidden, ffn,
+    heads, kv_heads, init, seed). Returns the growth record also written to `ckpt_out/growth.json`.
+
+    With `verify`, the source and grown models run on `verify_ids` (default: a seeded random batch) and
+    a preserving operator whose logits differ beyond tolerance raises `VerificationError`: nothing is
+    written then. `progress=None` shows a bar on a terminal only.
+    """
+    ckpt_in, ckpt_out = Path(ckpt_in), Path(ckpt_out)
+    src = open_checkpoint(ckpt_in)
+    _check_output(ckpt_in, ckpt_out, overwrite)
+    if dtype is not None and dtype not in DTYPES:
+        raise BigtrainError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    out_dtype = DTYPES[dtype] if dtype else src.dtype
+    grown = grow(src.config, src, op, **op_args)
+    record = grown.record
+    record.source = {"path": str(ckpt_in.resolve()), "kind": src.kind, "weights": str(src.weights_dir)}
+    record.extra["dtype"] = str(out_dtype).removeprefix("torch.")
+    with atomic_directory(ckpt_out, overwrite=True) as tmp:  # emptiness / --overwrite checked above
+        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes=max_shard_bytes)
+        disable = None if progress is None else not progress
+        for name, tensor in tqdm(grown.tensors, total=grown.num_tensors, desc="grow", unit="tensor", disable=disable):
+            writer.add(name, tensor.to(out_dtype))
+            del tensor
+        writer.close()
+        write_config(grown.config, tmp, out_dtype)
+        record.extra["tokenizer_files"] = copy_tokenizer(src, tmp)
+        if verify:
+            record.verify = _verify(src, tmp, grown.config, record, verify_ids, out_dtype)
+        (tmp / GROWTH_RECORD_NAME).write_text(record.to_json())
+    return record
+
+
+def _verify(
+    src: CheckpointSource,
+    out_dir: Path,
+    out_cfg: BigTrainConfig,
+    record: GrowthRecord,
+    ids: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> dict[str, Any]:
+    grown = open_checkpoint(out_dir)
+    ids = ids if ids is not None else verification_batch(min(src.config.vocab_size, out_cfg.vocab_size))
+    diff, scale = logit_difference(src.config, src, out_cfg, grown, ids)
+    tol = TOLERANCE[out_dtype] * max(1.0, scale)
+    result = {
+        "max_abs_logit_diff": diff,
+        "max_abs_source_logit": scale,
+        "tolerance": tol,
+        "tokens": int(ids.numel()),
+        "function_preserving": record.function_preserving,
+        "passed": diff <= tol or not record.function_preserving,
+    }
+    if not result["passed"]:
+        raise VerificationError(
+            f"--verify: {record.op} claims function preservation but max |logit diff| = {diff:.3g} > {tol:.3g}"
+        )
+    return result
+
+
+def describe(record: GrowthRecord) -> str:
+    """A short human summary of a growth (printed by the CLI)."""
+    s, t = record.source_config, record.target_config
+    lines = [
+        f"{record.op}: {s['num_hidden_layers']} -> {t['num_hidden_layers']} layers, hidden {s['hidden_size']} -> "
+        f"{t['hidden_size']}, FFN {s['intermediate_size']} -> {t['intermediate_size']}, heads "
+        f"{s['num_attention_heads']}/{s['num_key_value_heads']} -> {t['num_attention_heads']}/{t['num_key_value_heads']}",
+        f"inherited layers {record.inherited_layers()}, new layers {record.new_layers()}",
+    ]
+    if record.verify:
+        v = record.verify
+        claim = "claims preservation" if v["function_preserving"] else "not function-preserving"
+        lines.append(
+            f"verify: max |logit diff| = {v['max_abs_logit_diff']:.3g} ({claim}; tolerance {v['tolerance']:.3g})"
+        )
+    return "\n".join(lines)

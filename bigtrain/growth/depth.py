@@ -1,0 +1,165 @@
+"""Depth growth: which source layer(s) each target layer is built from, and how.
+
+A depth operator is a *plan*: one `LayerPlan` per target layer. The tensor work happens per layer
+(`build_layer`), so growing streams layer by layer. Conventions (documented in docs/growth.md):
+
+- `stack` (G_stack): target i <- source i mod L. The first copy (i < L) is "inherited", later ones "new".
+- `interleave`: each source layer repeated in place, repeats spread evenly; the first of each run is
+  "inherited".
+- `step`, `zero-depth`, `random-depth` insert new layers into the gaps between the *upper* source
+  layers: with n new layers and n <= L-1, one into each of the n topmost gaps (between layers L-n-1|L-n,
+  ..., L-2|L-1), so the top source layer stays on top; with more, every gap gets floor(n/(L-1)) and the
+  upper gaps one more. A one-layer source gets them on top. A new layer takes the sizes of its lower
+  neighbour. Inits: `mean` (of the two neighbours; the lower neighbour's copy where their shapes
+  differ), `copy` (of the lower neighbour), `zero` (copy with o_proj and down_proj zeroed: identity
+  through the residual), `identity` (zero-depth: fresh random q/k/v/gate/up, zero o_proj/down_proj),
+  `random` (random-depth: a fresh block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from bigtrain.ckpt.param_shapes import layer_shapes
+from bigtrain.errors import BigtrainError
+from bigtrain.model.configuration import BigTrainConfig
+
+DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
+STEP_INITS = ("mean", "copy", "zero")
+OUTPUT_PROJECTIONS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # write into the residual stream
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    index: int
+    origin: str  # "inherited" (trained in the previous stage) | "new"
+    source_layer: int | None  # the layer copied / whose sizes it takes
+    init: str  # inherited | copy | mean | zero | identity | random
+    mean_with: int | None = None  # the upper neighbour for init "mean"
+
+
+def identity_plan(num_layers: int) -> list[LayerPlan]:
+    return [LayerPlan(i, "inherited", i, "inherited") for i in range(num_layers)]
+
+
+def _check_target(L: int, n: int, op: str) -> None:
+    if n < L:
+        raise BigtrainError(f"--op {op}: target of {n} layers is smaller than the source's {L}")
+
+
+def stack_plan(L: int, n: int) -> list[LayerPlan]:
+    _check_target(L, n, "stack")
+    return [
+        LayerPlan(i, "inherited", i, "inherited") if i < L else LayerPlan(i, "new", i % L, "copy") for i in range(n)
+    ]
+
+
+def interleave_plan(L: int, n: int) -> list[LayerPlan]:
+    _check_target(L, n, "interleave")
+    repeats = [n // L + (1 if j < n % L else 0) for j in range(L)]
+    plan: list[LayerPlan] = []
+    for j, r in enumerate(repeats):
+        for k in range(r):
+            i = len(plan)
+            plan.append(LayerPlan(i, "inherited", j, "inherited") if k == 0 else LayerPlan(i, "new", j, "copy"))
+    return plan
+
+
+def upper_gap_counts(L: int, n_new: int) -> list[int]:
+    """How many new layers go *above* each source layer j (the gap j|j+1; for L == 1 above the top)."""
+    counts = [0] * L
+    if L == 1:
+        counts[0] = n_new
+        return counts
+    gaps = L - 1
+    base, extra = divmod(n_new, gaps)
+    for g in range(gaps):  # gap g sits between layers g and g+1; the upper gaps take the remainder
+        counts[g] = base + (1 if g >= gaps - extra else 0)
+    return counts
+
+
+def insert_plan(cfg: BigTrainConfig, n: int, op: str, init: str) -> list[LayerPlan]:
+    L = cfg.num_hidden_layers
+    _check_target(L, n, op)
+    plan: list[LayerPlan] = []
+    for j, count in enumerate(upper_gap_counts(L, n - L)):
+        plan.append(LayerPlan(len(plan), "inherited", j, "inherited"))
+        for _ in range(count):
+            upper = j + 1 if j + 1 < L else None
+            how = init
+            if init == "mean" and (upper is None or _sizes(cfg, j) != _sizes(cfg, upper)):
+                how = "copy"  # no upper neighbour, or one of another shape: the lower neighbour alone
+            plan.append(LayerPlan(len(plan), "new", j, how, upper if how == "mean" else None))
+    return plan
+
+
+def _sizes(cfg: BigTrainConfig, j: int) -> tuple[int, int, int]:
+    return (
+        cfg.layer_intermediate_sizes[j],
+        cfg.layer_num_attention_heads[j],
+        cfg.layer_num_key_value_heads[j],
+    )
+
+
+def depth_plan(cfg: BigTrainConfig, op: str, layers: int | None, init: str | None) -> list[LayerPlan]:
+    L = cfg.num_hidden_layers
+    if layers is None:
+        raise BigtrainError(f"--op {op} needs --layers (the target number of layers)")
+    if op == "stack":
+        return stack_plan(L, layers)
+    if op == "interleave":
+        return interleave_plan(L, layers)
+    if op == "step":
+        init = init or "mean"
+        if init not in STEP_INITS:
+            raise BigtrainError(f"--op step: --init {init} is not one of {', '.join(STEP_INITS)}")
+        return insert_plan(cfg, layers, op, init)
+    if op == "zero-depth":
+        return insert_plan(cfg, layers, op, "identity")
+    if op == "random-depth":
+        return insert_plan(cfg, layers, op, "random")
+    raise BigtrainError(f"unknown depth operator {op!r}")
+
+
+def depth_preserves_function(plan: list[LayerPlan]) -> bool:
+    """Exactly function-preserving: every new layer adds zero to the residual stream."""
+    return all(p.origin == "inherited" or p.init in ("zero", "identity") for p in plan)
+
+
+def grown_layer_sizes(cfg: BigTrainConfig, plan: list[LayerPlan]) -> tuple[list[int], list[int], list[int]]:
+    sizes = [_sizes(cfg, p.source_layer) for p in plan]
+    return [s[0] for s in sizes], [s[1] for s in sizes], [s[2] for s in sizes]
+
+
+def build_layer(
+    plan: LayerPlan,
+    cfg: BigTrainConfig,
+    tensors: Mapping[str, torch.Tensor],
+    generator: Callable[[str], torch.Generator],
+) -> dict[str, torch.Tensor]:
+    """One target layer's tensors at the source's width, keyed by the name inside the layer (float32)."""
+    j = plan.source_layer
+    shapes = layer_shapes(cfg, j)
+    if plan.init in ("identity", "random"):
+        out = {}
+        for name, shape in shapes.items():
+            if name.endswith("layernorm.weight"):
+                out[name] = torch.ones(shape)
+            elif plan.init == "identity" and name in OUTPUT_PROJECTIONS:
+                out[name] = torch.zeros(shape)
+            else:
+                g = generator(f"layer{plan.index}.{name}")
+                out[name] = torch.randn(shape, generator=g) * cfg.initializer_range
+        return out
+    own = {name: tensors[f"model.layers.{j}.{name}"].float() for name in shapes}
+    if plan.init == "mean":
+        for name in shapes:
+            own[name] = (own[name] + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
+    elif plan.init == "zero":
+        for name in OUTPUT_PROJECTIONS:
+            if name in own:
+                own[name] = torch.zeros_like(own[name])
+    return own
