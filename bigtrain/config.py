@@ -26,17 +26,25 @@ class Section(BaseModel):
 
 
 class LayoutConfig(Section):
-    """How per-layer sizes are derived from the isotropic reference (see bigtrain/model/layout.py)."""
+    """How per-layer sizes derive from the isotropic reference (bigtrain/model/layout.py, docs/layouts.md)."""
 
     scheme: Literal["uniform", "ffn-concentrate", "lws", "reverse", "framed", "crown"] = "uniform"
-    # ffn-concentrate: share of layers that keep an FFN and where they sit
+    # ffn-concentrate: share of layers that keep an FFN, where they sit, how the widened FFNs are rounded
     ratio: float | None = None
     position: Literal["first", "middle", "final"] = "middle"
-    # lws / reverse / framed: [start, end]; crown: [edge, peak, edge]
+    ffn_rounding: Literal["common", "spread"] = "common"
+    # lws / framed: [first layer, last layer] growing; reverse: shrinking; crown: [edge, peak, edge].
+    # Multipliers of hidden_size (beta: FFN width, alpha: query width); None: OpenELM's 0.5-4.0 / 0.5-1.0.
     ffn_mult: list[float] | None = None
     attn_mult: list[float] | None = None
+    # Pin the first and last layers to the reference, or to these multipliers of hidden_size.
     frame: bool = False
+    frame_ffn_mult: float | None = None
+    frame_attn_mult: float | None = None
+    # Scale the multipliers by one common factor so the parameter count matches the reference.
     match_params: bool = False
+    match_scale: Literal["both", "ffn", "attn"] = "both"
+    # FFN widths are made divisible by this (OpenELM and the FFN study: 256).
     ffn_multiple: int = 256
 
 
