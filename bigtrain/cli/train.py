@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     is_main = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     try:
         recipe = load_recipe(args.recipe, args.overrides)  # before any process group: bad recipes fail fast
-        from bigtrain.train.loop import train
+        from bigtrain.train.preflight import preflight
+
+        preflight(recipe)
+        from bigtrain.train.loop import train  # imports DeepSpeed: only once the inputs are known good
 
         result = train(recipe)
     except USER_ERRORS as e:

@@ -47,17 +47,8 @@ def fingerprint(spec: dict, tokenizer: PreTrainedTokenizerBase, text_field: str)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_split(
-    cfg: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase, cache_root: Path
-) -> TokenFile | None:
-    """Tokenise one split into `cache_root/<split>-<fingerprint>/` unless already there. None if no such split."""
-    spec = source_spec(cfg, split)
-    if not spec:
-        return None
-    fp = fingerprint(spec, tokenizer, cfg.text_field)
-    target = cache_root / f"{split}-{fp}"
-    if (target / "meta.json").exists():
-        return TokenFile(target)
+def write_split(cfg: DataConfig, spec: dict, tokenizer: PreTrainedTokenizerBase, target: Path, fp: str) -> TokenFile:
+    """Tokenise the documents of `spec` into `target` (atomically: complete or absent)."""
     docs = load_documents(
         files=[f for f, _, _ in spec["files"]] if "files" in spec else None,
         dataset=spec.get("dataset"),
@@ -71,10 +62,36 @@ def prepare_split(
         writer = TokenFileWriter(tmp, len(tokenizer), tokenizer.eos_token_id, tokenizer.name_or_path, fp)
         for chunk in batched(docs, 64):
             writer.add_documents(tokenizer(chunk, add_special_tokens=False)["input_ids"])
-        meta = writer.close()
-    if meta.num_tokens == 0:
-        raise BigtrainError(f"{spec['key']}: the data is empty (0 tokens after tokenisation)")
+        if writer.close().num_tokens == 0:
+            raise BigtrainError(f"{spec['key']}: the data is empty (no text to tokenise)")
     return TokenFile(target)
+
+
+def prepare_split(
+    cfg: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase, cache_root: Path
+) -> TokenFile | None:
+    """Tokenise one split into `cache_root/<split>-<fingerprint>/` unless already there. None if no such split."""
+    spec = source_spec(cfg, split)
+    if not spec:
+        return None
+    fp = fingerprint(spec, tokenizer, cfg.text_field)
+    target = cache_root / f"{split}-{fp}"
+    if (target / "meta.json").exists():
+        return TokenFile(target)
+    return write_split(cfg, spec, tokenizer, target, fp)
+
+
+def prepare_token_dir(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> list[TokenFile]:
+    """`bigtrain-data prepare`: the train split in `out_dir`, the eval split (if any) in `out_dir/eval`.
+    Training then reads it with `data.token_dir=out_dir`."""
+    written = []
+    for split, target in (("train", out_dir), ("eval", out_dir / "eval")):
+        spec = source_spec(cfg, split)
+        if spec:
+            written.append(write_split(cfg, spec, tokenizer, target, fingerprint(spec, tokenizer, cfg.text_field)))
+    if not written:
+        raise BigtrainError("data: nothing to prepare (set data.train_files or data.dataset)")
+    return written
 
 
 def check_vocab(token_file: TokenFile, model_vocab: int) -> None:

@@ -39,6 +39,7 @@ class TokenFileWriter:
 
     def add_documents(self, docs: list[list[int]]) -> None:
         eos = self.meta.eos_token_id
+        docs = [ids for ids in docs if ids]  # an empty document adds nothing, not a lone EOS
         flat = [t for ids in docs for t in (*ids, eos)]
         self._f.write(np.asarray(flat, dtype=self.dtype).tobytes())
         self.meta.num_tokens += len(flat)

@@ -21,7 +21,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import train_flops_per_token
 from bigtrain.train import state_bytes
-from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, save_checkpoint
+from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, read_state, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.evaluate import evaluate
@@ -67,10 +67,12 @@ def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
     world = world or init_distributed()
     out = Path(recipe.output_dir)
     t = recipe.train
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(dump_recipe(recipe))
     torch.manual_seed(t.seed)
+    ckpt = newest_checkpoint(out / "checkpoints")
+    if ckpt and read_state(ckpt).finished and (not t.export or (out / "hf" / "config.json").exists()):
+        if world.is_main:
+            print(f"bigtrain: {out} already finished at step {read_state(ckpt).step}; nothing to do")
+        return {"status": "finished", "step": read_state(ckpt).step, "already_finished": True}
 
     # --- data ----------------------------------------------------------------------------------
     cache = Path(recipe.data.cache_dir or out / "data")
@@ -106,13 +108,11 @@ def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
     )
 
     # --- resume ----------------------------------------------------------------------------------
-    ckpt = newest_checkpoint(out / "checkpoints")
     state = load_checkpoint(engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=t.seed)
     state.world_size = world.size
-    if state.finished and (not t.export or (out / "hf" / "config.json").exists()):
-        if world.is_main:
-            print(f"bigtrain: {out} already finished at step {state.step}; nothing to do")
-        return {"status": "finished", "step": state.step, "already_finished": True}
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(dump_recipe(recipe))
     logger = MetricsLogger(out, enabled=world.is_main)
     logger.truncate_after(state.step)
     if world.is_main and not (out / "tokenizer").exists() and not recipe.data.token_dir:

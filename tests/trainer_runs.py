@@ -1,0 +1,77 @@
+"""Helpers for tests that launch real training runs (deepspeed launcher or plain python)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "bigtrain" / "train.py"
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+
+
+def tiny_overrides(demo_data: Path, output_dir: Path, cache_dir: Path, **extra: object) -> list[str]:
+    """A ~2M-parameter model on three Shakespeare plays: seconds per step on 2 CPU cores."""
+    train = demo_data / "shakespeare" / "train"
+    values: dict[str, object] = {
+        "output_dir": output_dir,
+        "model.hidden_size": 64,
+        "model.num_layers": 2,
+        "model.head_dim": 32,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 1,
+        "model.intermediate_size": 128,
+        "model.tie_embeddings": True,
+        "data.train_files": f"[{train}/macbeth_gut.txt,{train}/othello_gut.txt,{train}/lear_gut.txt]",
+        "data.eval_files": "[]",
+        "data.tokenizer": demo_data / "tokenizer",
+        "data.cache_dir": cache_dir,
+        "data.seq_len": 64,
+        "data.eval_fraction": 0.02,
+        "train.max_steps": 8,
+        "train.micro_batch_size": 2,
+        "train.global_batch_size": 8,
+        "train.lr": 3e-3,
+        "train.warmup_steps": 2,
+        "train.eval_every": 4,
+        "train.eval_batches": 2,
+        "train.progress": False,
+        "train.log_every": 1,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def launch(overrides: list[str], ranks: int, recipe: Path | None = None, check: bool = True, **popen: object):
+    """Run bigtrain/train.py under the deepspeed launcher (ranks > 1) or plain python (1 rank)."""
+    args = ["--recipe", str(recipe or REPO / "recipes" / "demo.yaml"), *overrides]
+    if ranks > 1:
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), str(TRAIN), *args]
+    else:
+        cmd = [sys.executable, str(TRAIN), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if popen.pop("background", False):
+        return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **popen)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in metrics(output_dir) if "loss" in m}
