@@ -1,0 +1,220 @@
+"""bigtrain-grow on the three input kinds (stock LLaMA, bigtrain export, training run / ZeRO-3),
+bad input, --verify, and a grown checkpoint training as the next stage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+import bigtrain.model  # noqa: F401  (registers model_type bigtrain with the Auto classes)
+from bigtrain.ckpt.source import open_checkpoint
+from bigtrain.cli.grow import main
+from bigtrain.growth import VerificationError, grow_checkpoint, read_growth_record
+from bigtrain.growth.api import _verify
+from tests.growth_helpers import heterogeneous_config, random_model, save_stock_llama, text_ids, tiny_config
+from tests.trainer_runs import launch, metrics, tiny_overrides
+
+
+def run(*argv: object) -> int:
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    return e.value.code
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def stock(tmp_path_factory, tokenizer_dir) -> Path:
+    """A stock transformers LLaMA checkpoint, 3 safetensors shards, with the demo tokenizer."""
+    out = save_stock_llama(random_model(tiny_config()), tmp_path_factory.mktemp("stock") / "llama")
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    assert len(list(out.glob("*.safetensors"))) > 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, demo_data) -> Path:
+    """A real bigtrain run: 2 ranks, ZeRO-3, two steps; holds checkpoints/step_2 and its hf/ export."""
+    root = tmp_path_factory.mktemp("run")
+    extra = {"train.max_steps": 2, "train.eval_every": 100}
+    launch(tiny_overrides(demo_data, root / "out", root / "cache", **extra), ranks=2)
+    return root / "out"
+
+
+def test_stock_llama_sharded(stock, tmp_path, capsys):
+    before = digest(stock)
+    assert run(stock, tmp_path / "out", "--op", "stack", "--layers", 6, "--verify") == 0
+    assert "stack: 3 -> 6 layers" in capsys.readouterr().out
+    assert digest(stock) == before  # CKPT_IN untouched
+    out = tmp_path / "out"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert (out / "tokenizer.json").is_file()
+    rec = read_growth_record(out)
+    assert rec.inherited_layers() == [0, 1, 2] and rec.new_layers() == [3, 4, 5]
+    assert rec.source["kind"] == "hf" and rec.verify["tokens"] > 0 and not rec.function_preserving
+    assert rec.layers[4].params["new"] == sorted(rec.layers[4].params["new"], key=rec.layers[4].params["new"].index)
+    src, grown = LlamaForCausalLM.from_pretrained(stock), LlamaForCausalLM.from_pretrained(out)
+    assert torch.equal(grown.model.layers[4].mlp.up_proj.weight, src.model.layers[1].mlp.up_proj.weight)
+
+
+def test_bigtrain_export_heterogeneous(tmp_path, capsys):
+    src = tmp_path / "export"
+    random_model(heterogeneous_config()).save_pretrained(src)
+    assert run(src, tmp_path / "out", "--op", "step", "--layers", 6, "--init", "zero", "--verify") == 0
+    assert "verify: max |logit diff|" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model_type"] == "bigtrain"
+    assert cfg["layer_intermediate_sizes"] == [96, 0, 0, 192, 192, 48]  # new layers take the lower size
+    rec = read_growth_record(tmp_path / "out")
+    assert rec.function_preserving and rec.verify["passed"]
+    assert rec.verify["max_abs_logit_diff"] <= rec.verify["tolerance"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.num_hidden_layers == 6
+
+
+def test_training_run_and_zero3_dirs_read_like_their_export(trained_run, tmp_path):
+    """The run dir (newest ZeRO-3 checkpoint, 2 ranks) and its hf/ export grow to identical tensors."""
+    args = {"op": "stack+net2net", "layers": 3, "hidden": 96, "ffn": 192, "heads": 4}
+    rec = grow_checkpoint(trained_run, tmp_path / "from_run", verify=True, **args)
+    grow_checkpoint(trained_run / "hf", tmp_path / "from_export", **args)
+    grow_checkpoint(trained_run / "checkpoints" / "step_2", tmp_path / "from_tag", **args)
+    assert rec.source["kind"] == "zero3" and rec.source["weights"].endswith("step_2")
+    a, b, c = (open_checkpoint(tmp_path / d) for d in ("from_run", "from_export", "from_tag"))
+    assert set(a) == set(b) == set(c)
+    for name in a:
+        assert torch.equal(a[name], b[name]) and torch.equal(a[name], c[name]), name
+    assert (tmp_path / "from_run" / "tokenizer.json").is_file()  # the run's tokenizer/
+
+
+def test_grown_checkpoint_trains_as_the_next_stage(trained_run, demo_data, tmp_path, tokenizer_dir, sample_text):
+    grown = tmp_path / "grown"
+    rec = grow_checkpoint(trained_run, grown, op="zero-depth+net2net", layers=3, hidden=96, verify=True)
+    assert rec.function_preserving and rec.verify["passed"]
+    # the grown model scores real text exactly as the trained source does
+    ids = text_ids(tokenizer_dir, sample_text, 64)
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(trained_run / "hf")(ids, labels=ids).loss
+        after = AutoModelForCausalLM.from_pretrained(grown)(ids, labels=ids).loss
+    assert abs(before.item() - after.item()) < 1e-4
+    out = tmp_path / "stage2"
+    extra = {
+        "init_from": grown,
+        "model.hidden_size": 96,
+        "model.num_layers": 3,
+        "train.max_steps": 2,
+        "train.eval_every": 100,
+        "train.export": False,
+    }
+    launch(tiny_overrides(demo_data, out, tmp_path / "cache", **extra), ranks=1)
+    first = metrics(trained_run)[0]["loss"]  # the source run's first loss: from random weights
+    stage2 = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(stage2) == 2 and all(torch.isfinite(torch.tensor(stage2)))
+    assert stage2[0] < first - 0.1  # the grown model starts from what the source learned
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate", "truncated"),
+        ("header", "corrupt"),
+        ("drop_shard", "missing"),
+        ("no_config", "no config.json"),
+        ("model_type", "not supported"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(stock, tmp_path, capsys, damage, message):
+    src = tmp_path / "in"
+    shutil.copytree(stock, src)
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif damage == "header":
+        data = bytearray(shard.read_bytes())
+        data[8:20] = b"not json!!!!"
+        shard.write_bytes(bytes(data))
+    elif damage == "drop_shard":
+        shard.unlink()
+    elif damage == "no_config":
+        (src / "config.json").unlink()
+    elif damage == "model_type":
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    assert run(src, tmp_path / "out", "--op", "stack", "--layers", 6) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--op", "stack", "--layers", "2"], "smaller than the source"),
+        (["--op", "net2net", "--heads", "6", "--kv-heads", "4"], "cannot keep"),
+        (["--op", "net2net", "--heads", "5"], "give --kv-heads"),
+        (["--op", "widen"], "unknown operator"),
+    ],
+)
+def test_unreachable_sizes_exit_2(stock, tmp_path, capsys, argv, message):
+    assert run(stock, tmp_path / "out", *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_zero3_rank_file_exit_2(trained_run, tmp_path, capsys):
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    f = run_copy / "checkpoints" / "step_2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert run(run_copy, tmp_path / "out", "--op", "stack", "--layers", 4) == 2
+    err = capsys.readouterr().err
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in err and err.count("\n") == 1
+
+
+def test_existing_output_is_refused_unless_overwrite(stock, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert run(stock, out, "--op", "stack", "--layers", 4) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert run(stock, out, "--op", "stack", "--layers", 4, "--overwrite") == 0
+    assert not (out / "keep.txt").exists() and (out / "growth.json").is_file()
+    assert run(stock, stock / "sub", "--op", "stack", "--layers", 4) == 2  # never inside CKPT_IN
+
+
+def test_verify_fails_where_claimed_preservation_does_not_hold(stock, tmp_path):
+    out = tmp_path / "out"
+    rec = grow_checkpoint(stock, out, op="stack", layers=4)
+    rec.function_preserving = True  # a (wrong) claim: stacking changes the function
+    src = open_checkpoint(stock)
+    grown_cfg = open_checkpoint(out).config
+    with pytest.raises(VerificationError, match="claims function preservation"):
+        _verify(src, out, grown_cfg, rec, None, torch.float32)
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = Path(sys.executable).parent / "bigtrain-grow"
+    r = subprocess.run(
+        [str(exe), str(tmp_path / "nope"), str(tmp_path / "out"), "--op", "stack", "--layers", "4"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such checkpoint"]
