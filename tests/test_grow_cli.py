@@ -58,12 +58,14 @@ def trained_run(tmp_path_factory, demo_data) -> Path:
 
 def test_stock_llama_sharded(stock, tmp_path, capsys):
     before = digest(stock)
-    assert run(stock, tmp_path / "out", "--op", "stack", "--layers", 6, "--verify") == 0
+    assert run(stock, tmp_path / "out", "--op", "stack", "--layers", 6, "--verify", "--max-shard-mb", 4) == 0
     assert "stack: 3 -> 6 layers" in capsys.readouterr().out
     assert digest(stock) == before  # CKPT_IN untouched
     out = tmp_path / "out"
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     assert (out / "tokenizer.json").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2  # streamed into several shards
     rec = read_growth_record(out)
     assert rec.inherited_layers() == [0, 1, 2] and rec.new_layers() == [3, 4, 5]
     assert rec.source["kind"] == "hf" and rec.verify["tokens"] > 0 and not rec.function_preserving

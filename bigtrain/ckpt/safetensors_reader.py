@@ -82,13 +82,20 @@ class SafetensorsFile:
         return self.entries[name][0]
 
     def read(self, name: str) -> torch.Tensor:
+        shape = self.entries[name][1]
+        return self.read_rows(name, 0, shape[0] if shape else 1).reshape(shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (row-major storage makes them one contiguous byte range)."""
         dtype, shape, begin, end = self.entries[name]
-        buf = bytearray(end - begin)
+        row_bytes = (end - begin) // shape[0] if shape and shape[0] else end - begin
+        stop = min(stop, shape[0]) if shape else 1
+        buf = bytearray(max(0, stop - start) * row_bytes)
         with self.path.open("rb") as f:
-            f.seek(self.data_start + begin)
+            f.seek(self.data_start + begin + start * row_bytes)
             got = f.readinto(buf)
-        if got != end - begin:
+        if got != len(buf):
             raise BigtrainError(f"{self.path}: truncated safetensors file while reading {name}")
         if not buf:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+            return torch.empty((0, *shape[1:]), dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(-1, *shape[1:])

@@ -70,6 +70,7 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
     config: BigTrainConfig
     tokenizer_dir: Path | None
     _read: object = None  # name -> tensor
+    _read_rows: object = None  # (name, start, stop) -> rows of the tensor
     _shapes: dict | None = None
     _dtype: torch.dtype = torch.float32
 
@@ -86,6 +87,12 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor, read without reading the rest (big embeddings in blocks)."""
+        if name not in self._shapes:
+            raise KeyError(name)
+        return self._read_rows(name, start, stop)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -138,7 +145,18 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
     dtypes = {by_name[n].dtype(n) for n in shapes}
     dtype = torch.float32 if len(dtypes) != 1 else dtypes.pop()
     tok = path if any((path / f).is_file() for f in TOKENIZER_FILES[:2]) else None
-    return CheckpointSource(user_path, path, "hf", model_type, cfg, tok, lambda n: by_name[n].read(n), shapes, dtype)
+    return CheckpointSource(
+        user_path,
+        path,
+        "hf",
+        model_type,
+        cfg,
+        tok,
+        lambda n: by_name[n].read(n),
+        lambda n, a, b: by_name[n].read_rows(n, a, b),
+        shapes,
+        dtype,
+    )
 
 
 def _latest_tag(save_dir: Path) -> Path:
@@ -166,7 +184,9 @@ def _open_zero3(tag_dir: Path, user_path: Path, run_dir: Path | None) -> Checkpo
         if any((d / f).is_file() for f in TOKENIZER_FILES[:2]):
             tok = d
             break
-    return CheckpointSource(user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, shapes, torch.float32)
+    return CheckpointSource(
+        user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, ckpt.read_rows, shapes, torch.float32
+    )
 
 
 def open_checkpoint(path: str | Path) -> CheckpointSource:

@@ -89,19 +89,29 @@ class Zero3Checkpoint:
         return list(self.shapes)
 
     def read(self, name: str) -> torch.Tensor:
+        shape = self.shapes[self.aliases.get(name, name)]
+        return self.read_rows(name, 0, shape[0]).view(shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop): elements [start * cols, stop * cols) of the flattened parameter, taken
+        from the ranks whose partitions they fall in."""
         name = self.aliases.get(name, name)
         shape = self.shapes[name]
-        numel = math.prod(shape)
+        row = math.prod(shape[1:])
+        stop = min(stop, shape[0])
+        lo, hi = start * row, stop * row
         if name in self.frozen:
             parts = [_load(f)["frozen_param_fragments"][self.frozen[name]].clone() for f in self.model_files]
-            return torch.cat(parts)[:numel].view(shape).float()
-        per_rank = math.ceil(numel / self.world_size)
-        start = self.offsets[name]
+            return torch.cat(parts)[lo:hi].view(-1, *shape[1:]).float()
+        per_rank = math.ceil(math.prod(shape) / self.world_size)
         parts = []
-        for f in self.optim_files:
-            groups = _load(f)["optimizer_state_dict"]["fp32_flat_groups"]
-            parts.append(_slice_groups(groups, self.group_sizes, start, per_rank, f))
-        return torch.cat(parts)[:numel].view(shape)
+        for r, f in enumerate(self.optim_files):
+            a, b = max(lo, r * per_rank), min(hi, (r + 1) * per_rank)
+            if a < b:
+                groups = _load(f)["optimizer_state_dict"]["fp32_flat_groups"]
+                start_in_rank = self.offsets[name] + a - r * per_rank
+                parts.append(_slice_groups(groups, self.group_sizes, start_in_rank, b - a, f))
+        return torch.cat(parts).view(-1, *shape[1:])
 
 
 def _slice_groups(groups: list[torch.Tensor], sizes: list[int], start: int, n: int, where: Path) -> torch.Tensor:

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="step: mean|copy|zero (default mean); mixture: orthogonal|copy|random|zero")
     p.add_argument("--seed", type=int, default=0, help="seed of the unit maps and random inits (default 0)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
-    p.add_argument("--max-shard-mb", type=int, default=512, help="output shard size in MiB, bounds memory (512)")
+    p.add_argument("--max-shard-mb", type=int, default=2048, help="output shard size in MiB (2048)")
     p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty CKPT_OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -11,8 +11,9 @@ import torch
 from tqdm import tqdm
 
 from bigtrain.ckpt.atomic import atomic_directory
-from bigtrain.ckpt.safetensors_writer import ShardedSafetensorsWriter
+from bigtrain.ckpt.param_shapes import expected_shapes
 from bigtrain.ckpt.source import TOKENIZER_FILES, CheckpointSource, open_checkpoint
+from bigtrain.ckpt.streaming_writer import StreamingSafetensorsWriter
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.grow import grow
 from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
@@ -20,8 +21,7 @@ from bigtrain.growth.verify import TOLERANCE, logit_difference, verification_bat
 from bigtrain.model import BigTrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# the writer holds one shard in memory: this caps the output side of the RSS bound (docs/growth.md)
-DEFAULT_SHARD_BYTES = 512 * 1024**2
+DEFAULT_SHARD_BYTES = 2 * 1024**3  # output shard size; the streaming writer buffers nothing
 
 
 class VerificationError(BigtrainError):
@@ -87,11 +87,12 @@ def grow_checkpoint(
     record.source = {"path": str(ckpt_in.resolve()), "kind": src.kind, "weights": str(src.weights_dir)}
     record.extra["dtype"] = str(out_dtype).removeprefix("torch.")
     with atomic_directory(ckpt_out, overwrite=True) as tmp:  # emptiness / --overwrite checked above
-        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes=max_shard_bytes)
+        plan = [(name, shape, out_dtype) for name, shape in expected_shapes(grown.config).items()]
+        writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes)
         disable = None if progress is None else not progress
-        for name, tensor in tqdm(grown.tensors, total=grown.num_tensors, desc="grow", unit="tensor", disable=disable):
-            writer.add(name, tensor.to(out_dtype))
-            del tensor
+        for name, blocks in tqdm(grown.blocks, total=grown.num_tensors, desc="grow", unit="tensor", disable=disable):
+            for block in blocks:
+                writer.write(name, block.to(out_dtype))
         writer.close()
         write_config(grown.config, tmp, out_dtype)
         record.extra["tokenizer_files"] = copy_tokenizer(src, tmp)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -134,32 +135,48 @@ def grown_layer_sizes(cfg: BigTrainConfig, plan: list[LayerPlan]) -> tuple[list[
     return [s[0] for s in sizes], [s[1] for s in sizes], [s[2] for s in sizes]
 
 
+def layer_builders(
+    plan: LayerPlan,
+    cfg: BigTrainConfig,
+    tensors: Mapping[str, torch.Tensor],
+    generator: Callable[[str], torch.Generator],
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """One target layer at the source's width: name inside the layer -> a function computing that
+    tensor (float32) when called, so a layer is never held whole."""
+    j = plan.source_layer
+    return {
+        name: partial(_build, plan, name, shape, cfg, tensors, generator)
+        for name, shape in layer_shapes(cfg, j).items()
+    }
+
+
 def build_layer(
     plan: LayerPlan,
     cfg: BigTrainConfig,
     tensors: Mapping[str, torch.Tensor],
     generator: Callable[[str], torch.Generator],
 ) -> dict[str, torch.Tensor]:
-    """One target layer's tensors at the source's width, keyed by the name inside the layer (float32)."""
-    j = plan.source_layer
-    shapes = layer_shapes(cfg, j)
+    """The whole layer at once (tests, small models)."""
+    return {name: make() for name, make in layer_builders(plan, cfg, tensors, generator).items()}
+
+
+def _build(
+    plan: LayerPlan,
+    name: str,
+    shape: tuple[int, ...],
+    cfg: BigTrainConfig,
+    tensors: Mapping[str, torch.Tensor],
+    generator: Callable[[str], torch.Generator],
+) -> torch.Tensor:
     if plan.init in ("identity", "random"):
-        out = {}
-        for name, shape in shapes.items():
-            if name.endswith("layernorm.weight"):
-                out[name] = torch.ones(shape)
-            elif plan.init == "identity" and name in OUTPUT_PROJECTIONS:
-                out[name] = torch.zeros(shape)
-            else:
-                g = generator(f"layer{plan.index}.{name}")
-                out[name] = torch.randn(shape, generator=g) * cfg.initializer_range
-        return out
-    own = {name: tensors[f"model.layers.{j}.{name}"].float() for name in shapes}
+        if name.endswith("layernorm.weight"):
+            return torch.ones(shape)
+        if plan.init == "identity" and name in OUTPUT_PROJECTIONS:
+            return torch.zeros(shape)
+        return torch.randn(shape, generator=generator(f"layer{plan.index}.{name}")) * cfg.initializer_range
+    if plan.init == "zero" and name in OUTPUT_PROJECTIONS:
+        return torch.zeros(shape)
+    own = tensors[f"model.layers.{plan.source_layer}.{name}"].float()
     if plan.init == "mean":
-        for name in shapes:
-            own[name] = (own[name] + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
-    elif plan.init == "zero":
-        for name in OUTPUT_PROJECTIONS:
-            if name in own:
-                own[name] = torch.zeros_like(own[name])
+        own = (own + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
     return own

@@ -21,11 +21,11 @@ from bigtrain.errors import BigtrainError
 from bigtrain.growth.depth import (
     DEPTH_OPS,
     LayerPlan,
-    build_layer,
     depth_plan,
     depth_preserves_function,
     grown_layer_sizes,
     identity_plan,
+    layer_builders,
 )
 from bigtrain.growth.mixture import template_combination
 from bigtrain.growth.record import GrowthRecord, LayerRecord
@@ -43,12 +43,28 @@ from bigtrain.model.configuration import BigTrainConfig, architecture_problems
 NON_LAYER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
 
 
+ROW_BLOCK = 4096  # vocabulary rows of the embedding / LM head grown at a time
+
+
 @dataclass
 class Grown:
     config: BigTrainConfig
-    tensors: Iterator[tuple[str, torch.Tensor]]  # float32, in model order, computed on iteration
+    blocks: Iterator[tuple[str, Iterator[torch.Tensor]]]  # per tensor, in model order: its row blocks (float32)
     record: GrowthRecord
     num_tensors: int
+
+    @property
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Whole tensors (float32, model order), computed as iterated."""
+        for name, blocks in self.blocks:
+            parts = list(blocks)
+            yield name, parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def read_rows(tensors: Mapping[str, torch.Tensor], name: str, start: int, stop: int) -> torch.Tensor:
+    """Rows of a tensor; a mapping with a `rows` method (a checkpoint on disk) reads only those."""
+    rows = getattr(tensors, "rows", None)
+    return rows(name, start, stop) if rows is not None else tensors[name][start:stop]
 
 
 def parse_ops(op: str | Sequence[str]) -> tuple[str | None, str | None]:
@@ -177,31 +193,35 @@ def grow(
         non_layer_params={"inherited": [n for n in NON_LAYER if n in expected_shapes(out_cfg)], "new": []},
     )
 
-    def produce() -> Iterator[tuple[str, torch.Tensor]]:
-        def out(key: str, name: str, t: torch.Tensor, maps: Any = None, **kw: Any) -> torch.Tensor:
-            return widen(name, key, t, ctx, maps, **kw) if ctx else t.float()
+    def widened(key: str, name: str, t: torch.Tensor, maps: Any = None, **kw: Any) -> torch.Tensor:
+        return widen(name, key, t, ctx, maps, **kw) if ctx else t.float()
 
-        yield (
-            "model.embed_tokens.weight",
-            out("model.embed_tokens.weight", "model.embed_tokens.weight", tensors["model.embed_tokens.weight"]),
-        )
-        upper = build_layer(plan[0], cfg, tensors, generator)
+    def vocab_rows(name: str) -> Iterator[torch.Tensor]:
+        # embedding and LM head go in row blocks: their vocabulary axis never grows
+        vocab = cfg.vocab_size
+        for start in range(0, vocab, ROW_BLOCK):
+            block = read_rows(tensors, name, start, min(vocab, start + ROW_BLOCK))
+            yield widened(f"{name}@{start}", name, block)
+
+    def produce() -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
+        yield "model.embed_tokens.weight", vocab_rows("model.embed_tokens.weight")
+        builders = [layer_builders(p, cfg, tensors, generator) for p in plan]
         for i, p in enumerate(plan):
-            built = upper
-            upper = build_layer(plan[i + 1], cfg, tensors, generator) if i + 1 < len(plan) else None
             maps = layer_maps(mid, ctx.target, i, generator) if ctx else None
-            for name, t in built.items():
+            for name, make in builders[i].items():
                 key = f"model.layers.{i}.{name}"
                 kw: dict[str, Any] = {}
-                if width_op == "aki" and upper is not None:
-                    kw["upper"] = upper.get(name)
-                if width_op == "mixture" and t.dim() == 2:
+                if width_op == "aki" and i + 1 < len(plan) and name in builders[i + 1]:
+                    kw["upper"] = builders[i + 1][name]()
+                if width_op == "mixture" and name.endswith("proj.weight"):
                     kw["templates"] = template_combination(name, p, cfg, tensors, mixture_init, generator)
-                yield key, out(key, name, t, maps, **kw)
-            del built
-        yield "model.norm.weight", out("model.norm.weight", "model.norm.weight", tensors["model.norm.weight"])
+                yield key, iter([widened(key, name, make(), maps, **kw)])
+        yield (
+            "model.norm.weight",
+            iter([widened("model.norm.weight", "model.norm.weight", tensors["model.norm.weight"])]),
+        )
         if not cfg.tie_word_embeddings:
-            yield "lm_head.weight", out("lm_head.weight", "lm_head.weight", tensors["lm_head.weight"])
+            yield "lm_head.weight", vocab_rows("lm_head.weight")
 
     return Grown(out_cfg, produce(), record, len(expected_shapes(out_cfg)))
 
