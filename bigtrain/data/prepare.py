@@ -62,8 +62,10 @@ def write_split(cfg: DataConfig, spec: dict, tokenizer: PreTrainedTokenizerBase,
         writer = TokenFileWriter(tmp, len(tokenizer), tokenizer.eos_token_id, tokenizer.name_or_path, fp)
         for chunk in batched(docs, 64):
             writer.add_documents(tokenizer(chunk, add_special_tokens=False)["input_ids"])
-        if writer.close().num_tokens == 0:
+        meta = writer.close()
+        if meta.num_tokens == 0:
             raise BigtrainError(f"{spec['key']}: the data is empty (no text to tokenise)")
+    print(f"bigtrain: tokenised {meta.num_documents:,} documents into {meta.num_tokens:,} tokens at {target}")
     return TokenFile(target)
 
 

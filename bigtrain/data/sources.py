@@ -53,6 +53,7 @@ def load_documents(
     """Documents from local files or a dataset name. Text files are one document per file."""
     import datasets
 
+    datasets.disable_progress_bars()  # per-split bars from datasets; prepare reports one summary line
     if files:
         builder = builder_for(files, key)
         kwargs = {"sample_by": "document"} if builder == "text" else {}

@@ -1,0 +1,94 @@
+"""Bad input to the trainer: one clear line naming what and where, exit code 2, nothing written over."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bigtrain.config import RecipeError, load_recipe
+from tests.trainer_runs import REPO, TRAIN, tiny_overrides
+
+
+@pytest.fixture
+def existing_run(tmp_path: Path) -> Path:
+    """An output_dir that already holds a run's files: none may change when a new command fails."""
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_5").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    (out / "recipe.yaml").write_text("output_dir: run\n")
+    (out / "checkpoints" / "latest").write_text("step_5")
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+CASES = {
+    "unknown key": ({"train.max_stepz": 3}, "train.max_stepz"),
+    "wrong type": ({"train.max_steps": "abc"}, "train.max_steps"),
+    "missing data file": ({"data.train_files": "[/nonexistent/corpus/*.txt]"}, "/nonexistent/corpus/*.txt"),
+    "missing tokenizer": ({"data.tokenizer": "/nonexistent/tokenizer"}, "data.tokenizer"),
+    "vocab below tokenizer": ({"model.vocab_size": 1000}, "model.vocab_size"),
+    "impossible heads": ({"model.num_heads": 3, "model.num_kv_heads": 2}, "num_kv_heads"),
+    "missing init_from": ({"init_from": "/nonexistent/model"}, "init_from"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_fails_with_one_line(case: str, demo_data: Path, existing_run: Path, tmp_path: Path) -> None:
+    extra, needle = CASES[case]
+    before = snapshot(existing_run)
+    args = tiny_overrides(demo_data, existing_run, tmp_path / "cache", **extra)
+    line = error_line(run_train(args))
+    assert needle in line, line
+    assert snapshot(existing_run) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def test_empty_dataset(demo_data: Path, existing_run: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    before = snapshot(existing_run)
+    args = tiny_overrides(demo_data, existing_run, tmp_path / "cache", **{"data.train_files": f"[{empty}]"})
+    line = error_line(run_train(args))
+    assert "empty" in line and "data.train_files" in line, line
+    assert snapshot(existing_run) == before
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    line = error_line(run_train(["--recipe", str(tmp_path / "nope.yaml")]))
+    assert "nope.yaml" in line and "not found" in line
+
+
+def test_recipe_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 1e-3\n  schedule: linear\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: train\.schedule"):
+        load_recipe(recipe)
+    recipe.write_text("model:\n  hidden_size: [1, 2\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml:\d+: not valid YAML"):
+        load_recipe(recipe)
+    with pytest.raises(RecipeError, match="expected key=value"):
+        load_recipe(None, ["train.max_steps"])
+
+
+def test_overrides_reach_nested_fields() -> None:
+    r = load_recipe(REPO / "recipes" / "demo.yaml", ["train.max_steps=7", "data.train_files=[a.txt,b.txt]"])
+    assert r.train.max_steps == 7 and r.data.train_files == ["a.txt", "b.txt"]
+    assert r.model.hidden_size == 256  # untouched fields keep the recipe's values
