@@ -249,6 +249,7 @@ BAD_LAYOUTS = [
     ({"layout": {"scheme": "lws", "ffn_mult": [-1.0, 4.0]}}, "values must be >= 0"),
     ({"layout": {"scheme": "uniform", "ffn_mult": [1.0, 2.0]}}, "layout.ffn_mult only applies to schemes"),
     ({"layout": {"scheme": "lws", "frame_ffn_mult": 4.0}}, "layout.frame_ffn_mult needs frame: true"),
+    ({"layout": {"scheme": "framed", "frame_attn_mult": 0.0}}, "layer 0: layout.frame_attn_mult 0.0 x hidden 256"),
     ({"layout": {"scheme": "crown"}, "num_layers": 2}, "scheme crown needs at least 3 layers"),
     ({"layout": {"scheme": "lws", "ffn_multiple": 0}}, "layout.ffn_multiple must be >= 1"),
     ({"layout": {"scheme": "lwz"}}, "model.layout.scheme"),

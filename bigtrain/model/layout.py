@@ -224,12 +224,18 @@ def check_direction(scheme: str, name: str, mults: Sequence[float]) -> None:
 
 
 def check_heads(spec: ModelSpec, plan: LayerPlan) -> None:
+    d = spec.hidden_size
     for i, (q, kv) in enumerate(zip(plan.q_heads, plan.kv_heads)):
         if q < 1 or kv < 1:
-            alpha = f"attn multiplier {plan.attn_mult[i]:.2f} x hidden {spec.hidden_size}" if plan.attn_mult else ""
+            if i in plan.pinned:
+                cause = f"layout.frame_attn_mult {spec.layout.frame_attn_mult} x hidden {d}"
+            elif plan.attn_mult is not None:
+                cause = f"attn multiplier {plan.attn_mult[i]:.2f} x hidden {d}"
+            else:
+                cause = "the layout"
             divisor = spec.head_dim * queries_per_kv(spec)
             raise ValueError(
-                f"layer {i}: {alpha or 'layout'} gives {q} query heads (query width is a multiple of "
+                f"layer {i}: {cause} gives {q} query heads (query width is a multiple of "
                 f"head_dim x queries-per-kv = {divisor})"
             )
         if q % kv:
