@@ -110,7 +110,8 @@ class DataConfig(Section):
     # Held out for evaluation when no eval files/split are given: this share of packed sequences.
     eval_fraction: float = Field(default=0.01, ge=0.0, lt=0.5)
     seed: int = 1234
-    num_proc: int = 1
+    # Stop tokenising a source after this many tokens (e.g. a slice of a streamed hub corpus).
+    max_tokens: int | None = None
 
 
 class TrainConfig(Section):
@@ -265,8 +266,7 @@ class Recipe(Section):
         gbs = self.train.global_batch_size or micro * world_size
         if gbs % (micro * world_size):
             raise RecipeError(
-                f"train.global_batch_size={gbs} is not divisible by micro_batch_size={micro} x world size "
-                f"{world_size}"
+                f"train.global_batch_size={gbs} is not divisible by micro_batch_size={micro} x world size {world_size}"
             )
         return gbs, gbs // (micro * world_size)
 

@@ -122,3 +122,15 @@ def test_prepare_cli_writes_a_token_dir_training_can_use(tmp_path: Path, demo_da
 def test_prepare_token_dir_needs_data(tmp_path: Path, tokenizer) -> None:
     with pytest.raises(BigtrainError, match="nothing to prepare"):
         prepare_token_dir(DataConfig(), tokenizer, tmp_path / "x")
+
+
+def test_streaming_source_with_a_token_cap(tmp_path: Path, tokenizer, sample_text: str) -> None:
+    """`data.streaming` reads the source as a stream (no full download); `max_tokens` stops early."""
+    lines = [json.dumps({"text": sample_text[i : i + 400]}) for i in range(0, 3600, 400)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    full = prepare_split(DataConfig(train_files=[str(tmp_path / "docs.jsonl")]), "train", tokenizer, tmp_path / "a")
+    capped_cfg = DataConfig(train_files=[str(tmp_path / "docs.jsonl")], streaming=True, max_tokens=50)
+    capped = prepare_split(capped_cfg, "train", tokenizer, tmp_path / "b")
+    assert full is not None and capped is not None
+    assert 50 <= capped.meta.num_tokens < full.meta.num_tokens
+    assert list(capped.tokens) == list(full.tokens[: capped.meta.num_tokens])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -20,7 +20,7 @@ from bigtrain.errors import BigtrainError
 
 def batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
     it = iter(items)
-    while chunk := list(islice(it, n)):
+    while chunk := list(itertools.islice(it, n)):
         yield chunk
 
 
@@ -42,8 +42,9 @@ def source_spec(cfg: DataConfig, split: str) -> dict:
     return {}
 
 
-def fingerprint(spec: dict, tokenizer: PreTrainedTokenizerBase, text_field: str) -> str:
+def fingerprint(spec: dict, tokenizer: PreTrainedTokenizerBase, text_field: str, max_tokens: int | None) -> str:
     ident = {"spec": spec, "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer), "field": text_field}
+    ident["max_tokens"] = max_tokens
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -60,8 +61,15 @@ def write_split(cfg: DataConfig, spec: dict, tokenizer: PreTrainedTokenizerBase,
     )
     with atomic_directory(target, overwrite=True) as tmp:
         writer = TokenFileWriter(tmp, len(tokenizer), tokenizer.eos_token_id, tokenizer.name_or_path, fp)
+        cap = cfg.max_tokens
         for chunk in batched(docs, 64):
-            writer.add_documents(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+            ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            if cap is not None:  # whole documents until the cap is reached
+                ends = itertools.accumulate(len(x) + 1 for x in ids)
+                ids = ids[: next((i + 1 for i, e in enumerate(ends) if writer.meta.num_tokens + e >= cap), len(ids))]
+            writer.add_documents(ids)
+            if cap is not None and writer.meta.num_tokens >= cap:
+                break
         meta = writer.close()
         if meta.num_tokens == 0:
             raise BigtrainError(f"{spec['key']}: the data is empty (no text to tokenise)")
@@ -76,7 +84,7 @@ def prepare_split(
     spec = source_spec(cfg, split)
     if not spec:
         return None
-    fp = fingerprint(spec, tokenizer, cfg.text_field)
+    fp = fingerprint(spec, tokenizer, cfg.text_field, cfg.max_tokens)
     target = cache_root / f"{split}-{fp}"
     if (target / "meta.json").exists():
         return TokenFile(target)
@@ -90,7 +98,9 @@ def prepare_token_dir(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, out_d
     for split, target in (("train", out_dir), ("eval", out_dir / "eval")):
         spec = source_spec(cfg, split)
         if spec:
-            written.append(write_split(cfg, spec, tokenizer, target, fingerprint(spec, tokenizer, cfg.text_field)))
+            written.append(
+                write_split(cfg, spec, tokenizer, target, fingerprint(spec, tokenizer, cfg.text_field, cfg.max_tokens))
+            )
     if not written:
         raise BigtrainError("data: nothing to prepare (set data.train_files or data.dataset)")
     return written
