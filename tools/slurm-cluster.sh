@@ -26,8 +26,9 @@ node_names() { for i in $(seq 1 "$NODES"); do echo "bt-node$i"; done; }
 say() { echo "slurm-cluster: $*" >&2; }
 die() { say "error: $*"; exit 2; }
 
-alive() { # alive PIDFILE: the daemon named in the pid file runs
-  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+alive() { # alive PIDFILE: the daemon named in the pid file runs (a stopping daemon removes the file)
+  local pid
+  pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
 install_packages() {
@@ -49,7 +50,7 @@ add_hosts() {
   local name
   for name in $(node_names); do
     getent hosts "$name" >/dev/null && continue
-    echo "127.0.0.1 $name $HOSTS_TAG" >>/etc/hosts
+    echo "127.0.0.1 $name $HOSTS_TAG" >>/etc/hosts || die "cannot add $name to /etc/hosts (read-only?)"
   done
 }
 
@@ -166,7 +167,7 @@ cmd_down() {
   fi
   for pidfile in "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid" "$DIR/munge/munged.pid"; do
     alive "$pidfile" || continue
-    kill "$(cat "$pidfile")"
+    kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true
     for t in $(seq 1 20); do alive "$pidfile" || break; sleep 0.5; done
   done
   [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$CONF" ] && rm -f /etc/slurm/slurm.conf
