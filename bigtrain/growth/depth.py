@@ -142,7 +142,7 @@ def layer_builders(
     generator: Callable[[str], torch.Generator],
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """One target layer at the source's width: name inside the layer -> a function computing that
-    tensor (float32) when called, so a layer is never held whole."""
+    tensor when called (float32; copies in their stored dtype), so a layer is never held whole."""
     j = plan.source_layer
     return {
         name: partial(_build, plan, name, shape, cfg, tensors, generator)
@@ -176,7 +176,7 @@ def _build(
         return torch.randn(shape, generator=generator(f"layer{plan.index}.{name}")) * cfg.initializer_range
     if plan.init == "zero" and name in OUTPUT_PROJECTIONS:
         return torch.zeros(shape)
-    own = tensors[f"model.layers.{plan.source_layer}.{name}"].float()
+    own = tensors[f"model.layers.{plan.source_layer}.{name}"]
     if plan.init == "mean":
-        own = (own + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
-    return own
+        return (own.float() + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
+    return own  # a copy keeps its stored dtype: nothing to compute

@@ -1,9 +1,9 @@
 """Compose a depth and a width operator into one growth: (config, tensors) -> (config, tensors, record).
 
 `op` is one operator name, or a depth and a width operator joined by "+" (or given as a list), e.g.
-"stack+net2net": depth first, then width. The grown tensors are produced lazily, layer by layer, in
-model order, so a caller that writes them as they come holds about one layer (two for `aki` and
-`step --init mean`) at a time. Everything here is pure: no files.
+"stack+net2net": depth first, then width. The grown tensors are produced lazily, tensor by tensor in
+model order (the embedding and LM head in blocks of vocabulary rows), so a caller that writes them as
+they come holds about one tensor at a time. Everything here is pure: no files.
 """
 
 from __future__ import annotations
@@ -49,13 +49,14 @@ ROW_BLOCK = 4096  # vocabulary rows of the embedding / LM head grown at a time
 @dataclass
 class Grown:
     config: BigTrainConfig
-    blocks: Iterator[tuple[str, Iterator[torch.Tensor]]]  # per tensor, in model order: its row blocks (float32)
+    # per tensor, in model order: its row blocks (float32; unchanged copies keep their stored dtype)
+    blocks: Iterator[tuple[str, Iterator[torch.Tensor]]]
     record: GrowthRecord
     num_tensors: int
 
     @property
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Whole tensors (float32, model order), computed as iterated."""
+        """Whole tensors in model order, computed as iterated."""
         for name, blocks in self.blocks:
             parts = list(blocks)
             yield name, parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -194,7 +195,7 @@ def grow(
     )
 
     def widened(key: str, name: str, t: torch.Tensor, maps: Any = None, **kw: Any) -> torch.Tensor:
-        return widen(name, key, t, ctx, maps, **kw) if ctx else t.float()
+        return widen(name, key, t, ctx, maps, **kw) if ctx else t
 
     def vocab_rows(name: str) -> Iterator[torch.Tensor]:
         # embedding and LM head go in row blocks: their vocabulary axis never grows

@@ -239,7 +239,7 @@ def widen(
         for k, (r, a) in enumerate(zip(roles, axes, strict=False)):
             s = fpi_scale(r, a, ctx)
             if s is not None:
-                out = out * (s[:, None] if k == 0 else s[None, :])
+                out.mul_(s[:, None] if k == 0 else s[None, :])
         return out
     fresh = axes[0].new[:, None] | axes[1].new[None, :]
     if op == "mixture":
