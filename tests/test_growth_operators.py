@@ -219,3 +219,12 @@ def test_unreachable_targets_are_one_line_errors(op, kw, message):
     with pytest.raises(BigtrainError, match=message) as e:
         grown(cfg, op, **kw)
     assert "\n" not in str(e.value)
+
+
+def test_init_belongs_to_step_then_mixture():
+    _, g, _ = grown(tiny_config(**SMALL), "step", layers=4)
+    assert g.record.args["init"] == "mean" and g.record.layers[2].init == "mean"
+    _, g, _ = grown(tiny_config(**SMALL), "step+mixture", layers=4, ffn=128, init="zero")
+    assert g.record.args["init"] == "zero" and g.record.layers[2].init == "zero"
+    _, g, _ = grown(tiny_config(**SMALL), "mixture", ffn=128, init="copy")
+    assert g.record.args["init"] == "copy"

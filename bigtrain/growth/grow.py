@@ -167,8 +167,9 @@ def grow(
             width_op, mid, target, unit_map(cfg.hidden_size, target.hidden, generator("hidden")), generator
         )
         preserving = preserving and width_preserves_function(width_op, mid, target)
-    mixture_init = (init or "orthogonal") if width_op == "mixture" else None
-    step_init = init if depth_op == "step" else None
+    # one --init flag: it belongs to step when step is the depth operator, else to mixture
+    step_init = (init or "mean") if depth_op == "step" else None
+    mixture_init = ((init if depth_op != "step" else None) or "orthogonal") if width_op == "mixture" else None
 
     record = GrowthRecord(
         op=op_name,
@@ -181,7 +182,7 @@ def grow(
                 "ffn": ffn,
                 "heads": heads,
                 "kv_heads": kv_heads,
-                "init": step_init or mixture_init or (init if depth_op == "step" else None),
+                "init": step_init or mixture_init,
                 "seed": seed,
             }.items()
             if v is not None
