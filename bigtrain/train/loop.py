@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.config import Recipe, dump_recipe
 from bigtrain.data.dataset import RunData, prepare_run_data
 from bigtrain.data.prepare import check_vocab
@@ -86,7 +87,7 @@ def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero3):
         model = BigTrainForCausalLM(model_cfg)
     if recipe.init_from:
-        load_weights(model, recipe.init_from, world.rank)
+        load_weights(model, open_checkpoint(recipe.init_from), world.rank)
     else:
         initialize_weights(model, t.seed, world.rank)
     if t.activation_checkpointing:

@@ -1,10 +1,9 @@
-"""Which architecture a stage trains: the recipe's `model:` section, or the config of `init_from`."""
+"""Which architecture a stage trains: the recipe's `model:` section, or the config of `init_from` (any
+checkpoint `bigtrain.ckpt.source.open_checkpoint` reads: an HF dir, a run dir, a ZeRO-3 dir)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.config import Recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainConfig
@@ -14,30 +13,14 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def read_model_config(directory: str | Path) -> BigTrainConfig:
-    """An exported/grown/stock-LLaMA directory's config as a BigTrainConfig."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise BigtrainError(f"init_from={directory}: no config.json")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BigtrainError(f"{path}: invalid JSON ({e.msg})") from None
-    kind = raw.get("model_type")
-    if kind == "bigtrain":
-        return BigTrainConfig.from_pretrained(str(directory))
-    if kind == "llama":
-        from transformers import LlamaConfig
-
-        return BigTrainConfig.from_llama_config(LlamaConfig.from_pretrained(str(directory)))
-    raise BigtrainError(f"{path}: model_type {kind!r} is not a LLaMA-architecture model (llama or bigtrain)")
-
-
 def resolve_model_config(recipe: Recipe, tokenizer_vocab: int) -> BigTrainConfig:
     """init_from fixes the architecture (the recipe's model sizes are then not used); otherwise the
     recipe's, with vocab_size defaulting to the tokenizer's size rounded up to a multiple of 64."""
     if recipe.init_from:
-        cfg = read_model_config(recipe.init_from)
+        try:
+            cfg = open_checkpoint(recipe.init_from).config
+        except BigtrainError as e:
+            raise BigtrainError(f"init_from: {e}") from None
         where = f"init_from={recipe.init_from}"
     else:
         vocab = recipe.model.vocab_size or round_up(tokenizer_vocab, 64)

@@ -7,16 +7,14 @@ depend on the world size (rank 0 draws them in the same order whatever the numbe
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import deepspeed
 import torch
 from torch import nn
 
-from bigtrain.ckpt.safetensors_reader import SafetensorsFile
+from bigtrain.ckpt.source import CheckpointSource
 from bigtrain.errors import BigtrainError
 
 BLOCK = re.compile(r"^(.*?\.layers\.\d+)\.")
@@ -59,55 +57,19 @@ def initialize_weights(model: nn.Module, seed: int, rank: int) -> None:
     torch.random.set_rng_state(generator_state)
 
 
-class HFWeights:
-    """The tensors of an HF safetensors directory (single file or sharded with an index)."""
+def load_weights(model: nn.Module, source: CheckpointSource, rank: int, strip_prefix: str = "") -> None:
+    """Copy a checkpoint's tensors into `model` (names and shapes must match exactly).
 
-    def __init__(self, directory: str | Path) -> None:
-        d = Path(directory)
-        index = d / "model.safetensors.index.json"
-        if index.is_file():
-            try:
-                weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise BigtrainError(f"{index}: corrupt index ({e})") from None
-            files = {f: SafetensorsFile(d / f) for f in sorted(set(weight_map.values())) if (d / f).exists()}
-            missing = sorted(set(weight_map.values()) - set(files))
-            if missing:
-                raise BigtrainError(f"{d}: shard {missing[0]} named in the index is missing")
-            self.where = {name: files[f] for name, f in weight_map.items()}
-        elif (d / "model.safetensors").is_file():
-            single = SafetensorsFile(d / "model.safetensors")
-            self.where = dict.fromkeys(single.keys(), single)
-        else:
-            raise BigtrainError(f"{d}: no model.safetensors or model.safetensors.index.json")
-        self.directory = d
-
-    def names(self) -> set[str]:
-        return set(self.where)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.where[name].shape(name))
-
-    def read(self, name: str) -> torch.Tensor:
-        return self.where[name].read(name)
-
-
-def load_weights(model: nn.Module, directory: str | Path, rank: int, strip_prefix: str = "") -> None:
-    """Copy an HF directory's tensors into `model` (names and shapes must match exactly).
-
-    Every rank checks names and shapes from the file headers first, so a mismatch fails everywhere
-    at once instead of leaving ranks waiting inside a gather."""
-    source = HFWeights(directory)
+    Every rank checks names and shapes (from file headers) first, so a mismatch fails everywhere at
+    once instead of leaving ranks waiting inside a gather."""
     shapes = {n.removeprefix(strip_prefix): tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
-    missing = set(shapes) - source.names()
-    unexpected = source.names() - set(shapes) - {"lm_head.weight"}  # a tied head is stored by some writers
-    if missing or unexpected:
-        what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
-        raise BigtrainError(f"init_from={directory}: weights do not match the model config ({what})")
+    missing = sorted(set(shapes) - set(source))
+    if missing:
+        raise BigtrainError(f"init_from={source.path}: weights do not match the model config (missing {missing[:3]})")
     for name, shape in shapes.items():
         if source.shape(name) != shape:
             raise BigtrainError(
-                f"init_from={directory}: {name} has shape {source.shape(name)}, the model needs {shape}"
+                f"init_from={source.path}: {name} has shape {source.shape(name)}, the model needs {shape}"
             )
     for _, params in named_blocks(model):
         with gathered([p for _, p in params], modifier_rank=0):
@@ -115,4 +77,4 @@ def load_weights(model: nn.Module, directory: str | Path, rank: int, strip_prefi
                 continue
             for name, p in params:
                 with torch.no_grad():
-                    p.data.copy_(source.read(name.removeprefix(strip_prefix)).to(p.dtype))
+                    p.data.copy_(source[name.removeprefix(strip_prefix)].to(p.dtype))
