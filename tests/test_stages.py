@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config import RecipeError, load_recipe
-from bigtrain.pipeline.stages import lr_by_size, resolve_stages
+from bigtrain.pipeline.family import lr_by_size
+from bigtrain.pipeline.stages import resolve_stages
 
 REPO = Path(__file__).resolve().parents[1]
 

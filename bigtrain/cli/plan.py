@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted recipe paths)")
     parser.add_argument("--budget-gb", type=float, default=None, help="per-rank memory budget in GiB")
     parser.add_argument("--world-size", type=int, default=1, help="ranks ZeRO-3 partitions over (default 1)")
-    parser.add_argument(
-        "--stages", type=int, default=None, help="STEP stages to search (default: the recipe's)"
-    )
+    parser.add_argument("--stages", type=int, default=None, help="STEP stages to search (default: the recipe's)")
     parser.add_argument(
         "--precision",
         choices=["bf16", "fp16", "fp32"],
@@ -39,7 +37,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         help="default: the recipe's; auto is bf16",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     run_cli(lambda: plan(args))
 
 

@@ -10,8 +10,8 @@ What ZeRO-3 holds per rank (DeepSpeed 0.19, `runtime/zero/stage3.py`; every tens
 - working buffers: the gathered (full) weights of the module in use plus the prefetch bucket, small
   parameters kept gathered (`stage3_param_persistence_threshold`), the reduce bucket
   (`reduce_bucket_size` elements of gradient dtype), and the full gradients of the module in backward;
-- at `deepspeed.initialize` a transient fp32 buffer as large as the largest trainable sub-group in full
-  (`initialize_optimizer_states`), freed before training.
+- at `deepspeed.initialize` a transient fp32 buffer as large as the largest sub-group of this rank's
+  trainable partitions (`initialize_optimizer_states`, at most `sub_group_size`), freed before training.
 Activations are an estimate (see `activation_bytes`); they are the same for STEP and vanilla training of
 the same model, since the backward pass still runs through the frozen layers.
 """
@@ -53,9 +53,7 @@ class ZeroSettings:
         from bigtrain.train.ds_config import build_ds_config
 
         precision = precision or (recipe.train.precision if recipe.train.precision != "auto" else "bf16")
-        planned = recipe.model_copy(
-            update={"train": recipe.train.model_copy(update={"precision": precision})}
-        )
+        planned = recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": precision})})
         ds = build_ds_config(planned, world_size, recipe.model.hidden_size)
         zero = ds.get("zero_optimization", {})
         width = {"bf16": 2, "fp16": 2, "fp32": 4}[precision]
@@ -68,9 +66,7 @@ class ZeroSettings:
             activation_bytes=width,
             reduce_bucket_size=int(zero.get("reduce_bucket_size", cls.reduce_bucket_size)),
             prefetch_bucket_size=int(zero.get("stage3_prefetch_bucket_size", cls.prefetch_bucket_size)),
-            persistence_threshold=int(
-                zero.get("stage3_param_persistence_threshold", cls.persistence_threshold)
-            ),
+            persistence_threshold=int(zero.get("stage3_param_persistence_threshold", cls.persistence_threshold)),
             sub_group_size=int(zero.get("sub_group_size", cls.sub_group_size)),
         )
 
@@ -150,9 +146,7 @@ def model_tensors(
 ) -> list[Tensor]:
     """Every parameter tensor (LoRA ones included for a STEP stage), with whether it trains."""
     d = cfg.hidden_size
-    named: list[tuple[str, int, str]] = [
-        ("model.embed_tokens.weight", cfg.vocab_size * d, "model.embed_tokens")
-    ]
+    named: list[tuple[str, int, str]] = [("model.embed_tokens.weight", cfg.vocab_size * d, "model.embed_tokens")]
     norms_done: set[str] = set()
     for i, module, fan_in, fan_out in layer_linears(cfg):
         # norms in module order: input norm before attention, post-attention norm before the FFN
@@ -180,9 +174,7 @@ def share(numel: int, world: int) -> int:
     return math.ceil(numel / world)
 
 
-def activation_bytes(
-    cfg: BigTrainConfig, micro_batch: int, seq_len: int, checkpointing: bool, width: int
-) -> int:
+def activation_bytes(cfg: BigTrainConfig, micro_batch: int, seq_len: int, checkpointing: bool, width: int) -> int:
     """Saved activations of one micro-batch (estimate, per rank).
 
     Per token and layer (SDPA/flash attention, no s^2 term): attention block 2 norm in/out (plus the fp32
@@ -239,7 +231,7 @@ def stage_memory(
     working = zero.weight_bytes * (gathered + persistent) + zero.grad_bytes * (
         min(zero.reduce_bucket_size, sum(t.numel for t in trainable)) + grads_in_flight
     )
-    transient = 4 * min(sum(t.numel for t in trainable), max(zero.sub_group_size, grads_in_flight))
+    transient = 4 * min(part_train, zero.sub_group_size)
     return StageMemory(
         name=name,
         layers=cfg.num_hidden_layers,
@@ -350,9 +342,7 @@ def plan_recipe(
     step_cfg = next((st.recipe.step for st in stages if st.recipe.step is not None), None) or StepConfig()
     k = parts or len(stages)
     if not 1 <= k <= final.model.num_layers:
-        raise BigtrainError(
-            f"{k} STEP stages: must be between 1 and the final model's {final.model.num_layers} layers"
-        )
+        raise BigtrainError(f"{k} STEP stages: must be between 1 and the final model's {final.model.num_layers} layers")
 
     def cost(done: int, new: int) -> float:
         spec = final.model.model_copy(update={"num_layers": done + new})
@@ -365,8 +355,7 @@ def plan_recipe(
     search = {
         "parts": k,
         "stages": [
-            {"layers": n, "new_layers": c, "peak_bytes": int(p)}
-            for n, c, p in zip(layers, comp, costs, strict=True)
+            {"layers": n, "new_layers": c, "peak_bytes": int(p)} for n, c, p in zip(layers, comp, costs, strict=True)
         ],
         "max_peak_bytes": int(max(costs)),
         "reduction_vs_vanilla": 1 - max(costs) / vanilla.peak_bytes,
@@ -409,11 +398,7 @@ def format_plan(plan: Plan) -> str:
     )
     sr = plan.search
     split = " + ".join(str(s["new_layers"]) for s in sr["stages"])
-    fits = (
-        ""
-        if sr["fits_budget"] is None
-        else ("; fits the budget" if sr["fits_budget"] else "; OVER the budget")
-    )
+    fits = "" if sr["fits_budget"] is None else ("; fits the budget" if sr["fits_budget"] else "; OVER the budget")
     lines.append(
         f"best STEP split into {sr['parts']} stage(s): {split} layers, peaks "
         + ", ".join(f"{s['peak_bytes'] / GIB:.2f}" for s in sr["stages"])

@@ -13,7 +13,6 @@ from typing import Any
 
 from bigtrain.config import (
     GrowSpec,
-    ModelSpec,
     Recipe,
     RecipeError,
     check_stages,
@@ -21,7 +20,7 @@ from bigtrain.config import (
     parse_overrides,
     validate_recipe,
 )
-from bigtrain.model.counting import non_embedding_params
+from bigtrain.pipeline.family import lr_by_size
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     if not recipe.stages:
         return [Stage(0, "main", recipe, None, None, 0)]
     models = check_stages(recipe, source)
-    per_stage = {
-        k: v for k, v in parse_overrides(overrides or []).items() if k not in ("output_dir", "stages")
-    }
+    per_stage = {k: v for k, v in parse_overrides(overrides or []).items() if k not in ("output_dir", "stages")}
     root = recipe.output_dir
     first_lr: float | None = None
     stages: list[Stage] = []
@@ -70,9 +67,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
         train = deep_merge(recipe.train.model_dump(mode="json"), spec.train)
         if spec.lr == "by-size":
             if first_lr is None:
-                raise RecipeError(
-                    f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it"
-                )
+                raise RecipeError(f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it")
             train["lr"] = lr_by_size(first_lr, models[0], model, spec.lr_size_exponent)
         elif spec.lr is not None:
             train["lr"] = spec.lr
@@ -102,11 +97,3 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             )
         )
     return stages
-
-
-def lr_by_size(first_lr: float, first: ModelSpec, this: ModelSpec, exponent: float) -> float:
-    """Max LR by size (default rule, an option per stage): lr_1 * (P_1 / P)^exponent, P the non-embedding
-    parameters; exponent 0.5 is lr proportional to 1/sqrt(params), anchored at the first member."""
-    p1 = non_embedding_params(first.build_config())
-    p = non_embedding_params(this.build_config())
-    return first_lr * (p1 / p) ** exponent

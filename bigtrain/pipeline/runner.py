@@ -1,0 +1,106 @@
+"""Run the stages of a recipe on this machine: prepare (grow, write `stage.yaml`), launch, resume.
+
+A stage is finished when `<output_dir>/<stage>/hf/config.json` exists (the trainer exports atomically at
+the end). Preparing is idempotent: a grown `init/` already there is reused (growth writes atomically), and
+the trainer resumes a stage from its newest checkpoint. So rerunning `bigtrain-run` after an interruption
+continues at the stage and step where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from bigtrain.config import dump_recipe
+from bigtrain.errors import BigtrainError
+from bigtrain.pipeline.stages import Stage
+
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+
+
+def find_stage(stages: list[Stage], name: str) -> Stage:
+    for st in stages:
+        if st.name == name:
+            return st
+    raise BigtrainError(f"no stage named {name!r} (stages: {', '.join(s.name for s in stages)})")
+
+
+def stage_yaml(stage: Stage) -> Path:
+    return stage.output_dir / "stage.yaml"
+
+
+def prepare_stage(stage: Stage, stages: list[Stage]) -> Path:
+    """Grow the stage's initial weights if it needs them and they are not there yet; write `stage.yaml`."""
+    stage.output_dir.mkdir(parents=True, exist_ok=True)
+    if stage.grow is not None:
+        init = Path(stage.recipe.init_from or "")
+        if not (init / "config.json").is_file():
+            source = Path(stage.grow_from or "")
+            if stage.index > 0 and not stages[stage.index - 1].finished:
+                prev = stages[stage.index - 1]
+                raise BigtrainError(f"stage {stage.name!r}: stage {prev.name!r} has no export at {prev.export_dir} yet")
+            if not source.exists():
+                raise BigtrainError(f"stage {stage.name!r}: nothing to grow from at {source}")
+            from bigtrain.growth import grow_checkpoint
+
+            grow_checkpoint(source, init, op=stage.grow.op, progress=False, **stage.grow.grow_args())
+    path = stage_yaml(stage)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_recipe(stage.recipe))
+    os.replace(tmp, path)
+    return path
+
+
+def free_port() -> int:
+    """A free TCP port for the rendezvous, so that concurrent runs on one machine do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_command(recipe_path: Path, nproc: int) -> list[str]:
+    """One rank: plain Python (a group of one); more: the deepspeed launcher on this node."""
+    if nproc == 1:
+        return [sys.executable, str(TRAIN_SCRIPT), "--recipe", str(recipe_path)]
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        str(TRAIN_SCRIPT),
+        "--recipe",
+        str(recipe_path),
+    ]
+
+
+def detected_devices() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def run_stages(stages: list[Stage], nproc: int | None = None, log: bool = True) -> int:
+    """Run every unfinished stage in order; returns the trainer's exit code of a stage that did not finish
+    (2 bad input, 3 preempted: rerun to resume), else 0."""
+    nproc = nproc or detected_devices()
+    for st in stages:
+        if st.finished:
+            if log:
+                print(f"[bigtrain-run] stage {st.name}: finished ({st.export_dir})", flush=True)
+            continue
+        path = prepare_stage(st, stages)
+        cmd = launch_command(path, nproc)
+        if log:
+            print(f"[bigtrain-run] stage {st.name}: {' '.join(cmd)}", flush=True)
+        rc = subprocess.run(cmd, check=False).returncode
+        if rc != 0:
+            return rc
+        if not st.finished:
+            raise BigtrainError(f"stage {st.name!r}: training exited cleanly but wrote no export at {st.export_dir}")
+    return 0
