@@ -228,3 +228,28 @@ def test_init_belongs_to_step_then_mixture():
     assert g.record.args["init"] == "zero" and g.record.layers[2].init == "zero"
     _, g, _ = grown(tiny_config(**SMALL), "mixture", ffn=128, init="copy")
     assert g.record.args["init"] == "copy"
+
+
+@pytest.mark.parametrize(
+    ("op", "kw"),
+    [
+        ("stack", {"layers": 9}),
+        ("interleave", {"layers": 6}),
+        ("step", {"layers": 7}),
+        ("random-depth", {"layers": 5}),
+        ("aki", {"hidden": 96, "ffn": 192, "heads": 8}),
+        ("random-width", {"hidden": 96, "ffn": 192}),
+        ("zero-width", {"hidden": 96, "heads": 8}),
+        ("mixture", {"hidden": 96, "ffn": 192, "heads": 8}),
+        ("interleave+aki", {"layers": 8, "ffn": 144}),
+    ],
+)
+@pytest.mark.parametrize("tied", [False, True])
+def test_every_operator_grows_heterogeneous_and_tied_layouts(op, kw, tied):
+    """Every tensor the grown config implies, with its shape (checked in `grown`), attention-only kept."""
+    cfg = heterogeneous_config(tie_word_embeddings=tied, **SMALL)
+    _, g, out = grown(cfg, op, **kw)
+    assert ("lm_head.weight" in out) != tied
+    ffn = g.config.layer_intermediate_sizes
+    assert 0 in ffn and all(f > 0 for f in ffn if f)
+    assert all(torch.isfinite(t).all() for t in out.values())

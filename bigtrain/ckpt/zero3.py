@@ -116,8 +116,10 @@ class Zero3Checkpoint:
 
 def _slice_groups(groups: list[torch.Tensor], sizes: list[int], start: int, n: int, where: Path) -> torch.Tensor:
     """Elements [start, start + n) of the concatenation of `groups`, copied out of the memory map."""
+    if len(groups) != len(sizes):
+        raise BigtrainError(f"{where}: {len(groups)} flat parameter groups, rank 0 has {len(sizes)}")
     out, pos, end = [], 0, start + n
-    for g, size in zip(groups, sizes, strict=False):
+    for g, size in zip(groups, sizes, strict=True):
         lo, hi = max(start, pos), min(end, pos + size)
         if lo < hi:
             if g.numel() != size:

@@ -110,12 +110,14 @@ def width_target(
             raise BigtrainError(f"--heads {H2}: cannot keep {H}/{K} query/kv heads; give --kv-heads")
         kv_heads = K * H2 // H
     K2 = kv_heads
+    if ffn is not None and F == 0:
+        raise BigtrainError("--ffn: the source's reference FFN size is 0, there is no FFN width to scale")
     for what, new, old in (("hidden", D, d), ("ffn", F2, F), ("heads", H2, H), ("kv-heads", K2, K)):
         if new < old:
             raise BigtrainError(f"--{what} {new} is smaller than the source's {old}")
     layer_ffn = [f if F2 == F else round(f * F2 / F) for f in cfg.layer_intermediate_sizes]
     layer_q, layer_kv = [], []
-    for i, (q, kv) in enumerate(zip(cfg.layer_num_attention_heads, cfg.layer_num_key_value_heads, strict=False)):
+    for i, (q, kv) in enumerate(zip(cfg.layer_num_attention_heads, cfg.layer_num_key_value_heads, strict=True)):
         if (q * H2) % H or (kv * K2) % K:
             raise BigtrainError(
                 f"layer {i}: {q} query / {kv} kv heads do not scale to whole numbers by {H2}/{H} and {K2}/{K}"
@@ -155,11 +157,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "mlp.down_proj.weight": ("hw", "ffnc"),
 }
 UNIT_ROLES = ("q", "kv", "ffn", "qc", "ffnc")
-ZERO_ROLES = (
-    "hw",
-    "qc",
-    "ffnc",
-)  # a new entry on such an axis would change the function: zero-width zeroes it
+# a new entry on such an axis would change the function (it writes into the residual stream or
+# passes a new unit on): zero-width zeroes it
+ZERO_ROLES = ("hw", "qc", "ffnc")
 
 
 @dataclass
@@ -236,7 +236,7 @@ def widen(
         if op == "aki" and upper is not None and upper.shape == w.shape:
             # new units take their weights from the layer above (bert2BERT AKI); replica counts as FPI
             out = torch.where(entries_on(roles, axes, UNIT_ROLES), gather(upper.float(), axes), out)
-        for k, (r, a) in enumerate(zip(roles, axes, strict=False)):
+        for k, (r, a) in enumerate(zip(roles, axes, strict=True)):
             s = fpi_scale(r, a, ctx)
             if s is not None:
                 out.mul_(s[:, None] if k == 0 else s[None, :])
@@ -255,7 +255,7 @@ def widen(
 def entries_on(roles: tuple[str, ...], axes: list[AxisMap], which: tuple[str, ...]) -> torch.Tensor:
     """Mask of a 2-D tensor's entries that lie on a new index of an axis whose role is in `which`."""
     mask = torch.zeros(len(axes[0].src), len(axes[1].src), dtype=torch.bool)
-    for k, (r, a) in enumerate(zip(roles, axes, strict=False)):
+    for k, (r, a) in enumerate(zip(roles, axes, strict=True)):
         if r in which:
             mask |= a.new[:, None] if k == 0 else a.new[None, :]
     return mask
