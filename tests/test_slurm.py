@@ -321,3 +321,32 @@ def test_signal_checkpoints_requeues_and_resumes(cluster: None, demo_data: Path,
     assert [r["step"] for r in records] == list(range(1, steps + 1))  # continued, nothing repeated or lost
     assert all(math.isfinite(r["loss"]) for r in records)
     assert (run / "hf" / "config.json").exists()
+
+
+@pytest.mark.slurm
+def test_signal_during_startup_still_requeues(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+    """The signal may come before the trainer can catch it (ranks still importing): requeue all the same."""
+    run = tmp_path / "run"
+    job = sbatch(
+        "--nodes=2",
+        f"--output={tmp_path}/%x-%j.out",
+        str(TRAIN_SBATCH),
+        "recipes/demo.yaml",
+        f"output_dir={run}",
+        "train.max_steps=4",
+        *TINY,
+    )
+    log = tmp_path / f"bigtrain-{job}.out"
+    deadline = time.monotonic() + 300
+    while "rank 1 of 2 on node" not in read(log) or "rank 0 of 2 on node" not in read(log):
+        assert time.monotonic() < deadline, f"ranks did not start in 300 s; log:\n{read(log)}"
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    wait_for(job, log)
+
+    text = read(log)
+    assert f"requeueing job {job}" in text, text
+    assert f"bigtrain: job {job} restart 1 " in text, text
+    assert "bigtrain: trainer exited with code 0" in text, text
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
+    assert (run / "hf" / "config.json").exists()
