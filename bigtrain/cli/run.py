@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--prepare-stage", metavar="NAME", help="only prepare this stage; print its stage.yaml")
     parser.add_argument(
         "--independent-tokens",
-        choices=["lineage", "stage"],
+        choices=["lineage", "stage", "by-size"],
         default="lineage",
-        help="tokens an independently trained member would get: its lineage's (default) or its stage's",
+        help="tokens an independently trained member gets: its lineage's (default), its stage's, or by size",
     )
     args = parser.parse_intermixed_args(argv)
     run_cli(lambda: run(args))

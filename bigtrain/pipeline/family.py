@@ -4,13 +4,15 @@ the FLOPs each member cost, and the family table against training every member i
 FLOPs accounting (PAPERS.md section 2): a stage costs `flops_per_token x tokens`. A member trained
 progressively has cost the sum over its lineage (itself and every earlier stage). Trained independently,
 the same member would be trained from scratch on as many tokens as its lineage saw (`independent_tokens =
-"lineage"`, the default) or only on its own stage's tokens (`"stage"`); both are a choice, not the paper's.
+"lineage"`, the default), only on its own stage's tokens (`"stage"`), or on tokens proportional to its
+size (`"by-size"`, the reconstruction in PAPERS.md section 2). All three are choices, not the paper's.
 A STEP stage's FLOPs per token: frozen matmul weights cost forward + input gradient (4 per weight, no weight
 gradient), trainable ones 6, LoRA adds 6 per adapter weight (bigtrain.train.step_lora).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 from bigtrain.config import ModelSpec, StepConfig
 from bigtrain.model.configuration import BigTrainConfig
-from bigtrain.model.counting import non_embedding_params, train_flops_per_token
+from bigtrain.model.counting import non_embedding_params, total_params, train_flops_per_token
 
 
 def lr_by_size(first_lr: float, first: ModelSpec, this: ModelSpec, exponent: float = 0.5) -> float:
@@ -63,32 +65,65 @@ def read_run(output_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def family_table(stages: list[Any], independent_tokens: Literal["lineage", "stage"] = "lineage") -> list[Member]:
+IndependentTokens = Literal["lineage", "stage", "by-size"]
+
+
+def family_flops(
+    flops_per_token: list[float],
+    stage_flops: list[float],
+    stage_tokens: list[float],
+    params: list[int],
+    independent_tokens: IndependentTokens = "lineage",
+) -> tuple[list[float], list[float]]:
+    """(progressive FLOPs of each member's lineage, FLOPs of each member trained independently).
+
+    `flops_per_token` is each member's from-scratch (vanilla) cost per token, `stage_flops` what its stage
+    really cost. Independent tokens: "lineage" - as many as the member's lineage saw; "stage" - its own
+    stage's; "by-size" - proportional to parameters, the largest member getting its lineage's tokens
+    (PAPERS.md section 2: 1 + 4 + 16 + 64 = 85 units for 1B..8B against 64 for the largest alone).
+    """
+    progressive = list(itertools.accumulate(stage_flops))
+    lineage = list(itertools.accumulate(stage_tokens))
+    if independent_tokens == "lineage":
+        tokens = lineage
+    elif independent_tokens == "stage":
+        tokens = list(stage_tokens)
+    else:
+        tokens = [lineage[-1] * p / params[-1] for p in params]
+    return progressive, [f * d for f, d in zip(flops_per_token, tokens, strict=True)]
+
+
+def family_table(stages: list[Any], independent_tokens: IndependentTokens = "lineage") -> list[Member]:
     """One row per stage (a `bigtrain.pipeline.stages.Stage`), from the stages' `run.json`; stages not run
     yet are counted with their planned tokens and no loss."""
-    members: list[Member] = []
-    lineage_flops = lineage_tokens = 0.0
+    rows = []
     for st in stages:
         r = st.recipe
         run = read_run(r.output_dir)
         cfg_dict = run.get("model_config")
         cfg = BigTrainConfig.from_dict(cfg_dict) if cfg_dict else r.model.build_config()
-        seq = r.data.seq_len
         inherited = set(range(st.inherited_layers)) if r.step is not None else set()
         tokens = float(run.get("tokens") or planned_tokens(r))
-        flops = step_flops_per_token(cfg, seq, inherited, r.step) * tokens
-        lineage_flops += flops
-        lineage_tokens += tokens
-        own = lineage_tokens if independent_tokens == "lineage" else tokens
+        per_token = step_flops_per_token(cfg, r.data.seq_len, inherited, r.step)
+        rows.append((st.name, cfg, r.data.seq_len, tokens, per_token * tokens, run))
+    progressive, independent = family_flops(
+        [train_flops_per_token(cfg, seq) for _, cfg, seq, *_ in rows],
+        [flops for *_, flops, _ in rows],
+        [tokens for _, _, _, tokens, _, _ in rows],
+        [total_params(cfg) for _, cfg, *_ in rows],
+        independent_tokens,
+    )
+    members = []
+    for (name, cfg, _, tokens, flops, run), prog, indep in zip(rows, progressive, independent, strict=True):
         final = run.get("final_eval") or {}
         members.append(
             Member(
-                name=st.name,
-                params=_params(cfg),  # the member as exported (LoRA merged)
+                name=name,
+                params=total_params(cfg),  # the member as exported (LoRA merged)
                 tokens=tokens,
                 flops=flops,
-                progressive_flops=lineage_flops,
-                independent_flops=train_flops_per_token(cfg, seq) * own,
+                progressive_flops=prog,
+                independent_flops=indep,
                 eval_loss=final.get("eval_loss"),
                 eval_ppl=final.get("eval_ppl"),
                 status=str(run.get("status", "not run")),
@@ -103,12 +138,6 @@ def planned_tokens(recipe: Any) -> float:
         return float(recipe.train.tokens)
     gbs = recipe.train.global_batch_size or recipe.train.micro_batch_size
     return float((recipe.train.max_steps or 0) * gbs * recipe.data.seq_len)
-
-
-def _params(cfg: BigTrainConfig) -> int:
-    from bigtrain.model.counting import total_params
-
-    return total_params(cfg)
 
 
 def format_family_table(members: list[Member]) -> str:
