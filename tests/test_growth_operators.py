@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from bigtrain.ckpt.param_shapes import expected_shapes
 from bigtrain.errors import BigtrainError
 from bigtrain.growth import grow
 from bigtrain.growth.depth import upper_gap_counts
+from bigtrain.model.param_shapes import expected_shapes
 from tests.growth_helpers import heterogeneous_config, random_model, state_dict, tiny_config
 
 SMALL = {"vocab_size": 100}

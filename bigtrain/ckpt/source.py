@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
-from bigtrain.ckpt.param_shapes import expected_shapes
 from bigtrain.ckpt.safetensors_reader import SafetensorsFile
 from bigtrain.ckpt.safetensors_writer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from bigtrain.ckpt.zero3 import Zero3Checkpoint, is_zero3_dir
 from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
+from bigtrain.model.param_shapes import expected_shapes
 
 TOKENIZER_FILES = (
     "tokenizer.json",

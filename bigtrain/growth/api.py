@@ -11,14 +11,14 @@ import torch
 from tqdm import tqdm
 
 from bigtrain.ckpt.atomic import atomic_directory
-from bigtrain.ckpt.param_shapes import expected_shapes
+from bigtrain.ckpt.safetensors_writer import StreamingSafetensorsWriter
 from bigtrain.ckpt.source import TOKENIZER_FILES, CheckpointSource, open_checkpoint
-from bigtrain.ckpt.streaming_writer import StreamingSafetensorsWriter
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.grow import grow
 from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
 from bigtrain.growth.verify import TOLERANCE, logit_difference, verification_batch
 from bigtrain.model import BigTrainConfig
+from bigtrain.model.param_shapes import expected_shapes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 2 * 1024**3  # output shard size; the streaming writer buffers nothing

@@ -24,9 +24,9 @@ from functools import partial
 
 import torch
 
-from bigtrain.ckpt.param_shapes import layer_shapes
 from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.param_shapes import layer_shapes
 
 DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
 STEP_INITS = ("mean", "copy", "zero")

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from bigtrain.ckpt.param_shapes import expected_shapes, layer_shapes
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.depth import (
     DEPTH_OPS,
@@ -39,6 +38,7 @@ from bigtrain.growth.width import (
     width_target,
 )
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
+from bigtrain.model.param_shapes import expected_shapes, layer_shapes
 
 NON_LAYER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
 

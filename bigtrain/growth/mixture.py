@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from bigtrain.ckpt.param_shapes import layer_shapes
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.depth import LayerPlan
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.param_shapes import layer_shapes
 
 MIXTURE_INITS = ("orthogonal", "copy", "random", "zero")
 

@@ -1,8 +1,9 @@
 """Export the trained model as an HF directory (safetensors + config + tokenizer).
 
 Parameters are gathered one block (a decoder layer, or embeddings / norm / head) at a time and
-streamed into shards by rank 0, so exporting never needs the whole model twice in memory. A uniform
-model is written as a stock `LlamaForCausalLM`; a heterogeneous one as `model_type: bigtrain`.
+appended to the shards by rank 0 (the shard headers are planned from the config), so exporting holds
+one block, never the model. A uniform model is written as a stock `LlamaForCausalLM`; a heterogeneous
+one as `model_type: bigtrain`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from bigtrain.ckpt.atomic import atomic_directory
-from bigtrain.ckpt.safetensors_writer import ShardedSafetensorsWriter
+from bigtrain.ckpt.safetensors_writer import StreamingSafetensorsWriter
 from bigtrain.model import BigTrainConfig
+from bigtrain.model.param_shapes import expected_shapes
 from bigtrain.train.distributed import World, barrier
 from bigtrain.train.weights import gathered, named_blocks
 
@@ -42,16 +44,18 @@ def export_hf(
     context = atomic_directory(out_dir, overwrite=True) if world.is_main else None
     tmp = context.__enter__() if context else None
     try:
-        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes) if tmp else None
-        dtype = torch.float32
+        dtype = next(module.parameters()).dtype
+        plan = [(name, shape, dtype) for name, shape in expected_shapes(cfg).items()]
+        order = {name: i for i, (name, _, _) in enumerate(plan)}
+        writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes) if tmp else None
         for _, params in named_blocks(module):
             with gathered([p for _, p in params], modifier_rank=None):
                 if writer is None:
                     continue
                 block = {name: p.detach().to("cpu", copy=True) for name, p in params}
-                for name, tensor in (transform(block) if transform else block).items():
-                    dtype = tensor.dtype
-                    writer.add(name, tensor)
+                block = transform(block) if transform else block
+                for name in sorted(block, key=lambda n: order[n]):
+                    writer.write(name, block[name].to(dtype))
         if writer is not None and tmp is not None:
             writer.close()
             export_config(cfg, dtype).save_pretrained(tmp)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.ckpt.param_shapes import expected_shapes
-from bigtrain.ckpt.streaming_writer import StreamingSafetensorsWriter
+from bigtrain.ckpt.safetensors_writer import StreamingSafetensorsWriter
 from bigtrain.model import BigTrainConfig
+from bigtrain.model.param_shapes import expected_shapes
 
 GROW = str(Path(sys.executable).parent / "bigtrain-grow")
 LOAD_SAVE = """
