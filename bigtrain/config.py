@@ -220,9 +220,12 @@ class GrowSpec(Section):
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:
-        for part in self.op.split("+"):
+        parts = self.op.split("+")
+        for part in parts:
             if part not in DEPTH_OPS + WIDTH_OPS:
                 raise ValueError(f"unknown growth op {part!r} (known: {', '.join(DEPTH_OPS + WIDTH_OPS)})")
+        if sum(p in DEPTH_OPS for p in parts) > 1 or sum(p in WIDTH_OPS for p in parts) > 1:
+            raise ValueError(f"op {self.op!r}: at most one depth and one width operator, joined by '+'")
         return self
 
     def sizes(self) -> dict[str, int]:

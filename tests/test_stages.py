@@ -109,6 +109,14 @@ BAD = {
     ),
     "duplicate names": ("  - name: s1\n  - name: s1\n", "stage 's1': the name is used by an earlier stage"),
     "by-size first": ("  - name: s1\n    lr: by-size\n", "the first stage cannot use it"),
+    "two depth ops": (
+        "  - name: s1\n  - name: s2\n    grow: {op: stack+step, layers: 4}\n",
+        "at most one depth and one width operator",
+    ),
+    "no export to grow from": (
+        "  - name: s1\n    train: {export: false}\n  - name: s2\n    grow: {op: stack, layers: 4}\n",
+        "stage 's1': train.export is false but stage 's2' starts from its export",
+    ),
 }
 
 
@@ -122,6 +130,13 @@ def test_bad_staged_recipes_fail_at_load(tmp_path: Path, case: str) -> None:
     assert "\n" not in message
     assert message.startswith(str(path)), message
     assert expected in message, message
+
+
+def test_a_flat_recipe_is_one_stage(tmp_path: Path) -> None:
+    path = tmp_path / "flat.yaml"
+    path.write_text(BASE.format(out=tmp_path / "run"))
+    (stage,) = resolve_stages(load_recipe(path))
+    assert stage.name == "main" and stage.output_dir == tmp_path / "run" and stage.grow is None
 
 
 def test_flat_step_needs_init_from(tmp_path: Path) -> None:

@@ -141,6 +141,9 @@ def test_step_state_bytes_are_what_the_planner_says(step_demo: tuple[Path, list[
         assert run["params_total"] == predicted.params_total
     for stage in plan.stages[1:]:
         assert stage.lora_params > 0 and stage.params_trainable < stage.params_total
+    # a flat STEP recipe (what a stage runs) is planned from its init_from's growth.json: the same bytes
+    flat = plan_recipe(load_recipe(out / "s2" / "stage.yaml"), world_size=2, precision="fp32").stages[0]
+    assert flat.state_bytes == plan.stages[1].state_bytes and flat.lora_params == plan.stages[1].lora_params
 
 
 @pytest.mark.slow

@@ -86,6 +86,9 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             "step": spec.step.model_dump(mode="json") if spec.step else None,
         }
         flat = deep_merge(flat, per_stage)
+        if i + 1 < len(recipe.stages) and flat["train"].get("export") is False:
+            nxt = recipe.stages[i + 1].name
+            raise RecipeError(f"{where}: train.export is false but stage {nxt!r} starts from its export")
         stages.append(
             Stage(
                 index=i,
