@@ -9,5 +9,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, so no dependency pulls a multi-GB CUDA build on a CPU machine.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -c tools/constraints.txt -e ".[dev]"
 .venv/bin/python tools/fetch_demo_data.py data
