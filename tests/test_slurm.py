@@ -102,7 +102,7 @@ def test_stage_scripts_cpu_nodes(tmp_path: Path, demo_data: Path) -> None:
         subprocess.run(["bash", "-n"], input=job.script, text=True, check=True)
 
 
-def test_gpu_nodes_one_rank_per_gpu(tmp_path: Path, demo_data: Path) -> None:
+def test_stage_scripts_gpu_nodes(tmp_path: Path, demo_data: Path) -> None:
     recipe = two_stage_recipe(tmp_path)
     launch = Launch(REPO, sys.executable, REPO)
     res = SlurmResources(nodes=4, gpus_per_node=8, partition="gpu", time="2-00:00:00", sbatch_args=("--exclusive",))
@@ -251,6 +251,39 @@ def test_train_sbatch_on_two_nodes(cluster: None, demo_data: Path, tmp_path: Pat
     assert all(math.isfinite(r["loss"]) for r in records)
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert json.loads((run / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+@pytest.mark.slurm
+def test_gpu_nodes_get_one_rank_per_gpu(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+    """The test cluster's stand-in GPUs (Slurm gpu GRES, no CUDA): --gpus-per-node 2 places 2 ranks a node."""
+    gres = subprocess.run(["sinfo", "-h", "-N", "-o", "%G"], capture_output=True, text=True, check=True).stdout
+    if "gpu:2" not in gres:
+        pytest.skip(f"the cluster has no 2-GPU nodes (sinfo %G: {gres.split()}); see tools/slurm-cluster.sh")
+    run = tmp_path / "run"
+    job = sbatch(
+        "--nodes=2",
+        "--gpus-per-node=2",
+        "--exclusive",
+        f"--output={tmp_path}/%x-%j.out",
+        str(TRAIN_SBATCH),
+        "recipes/demo.yaml",
+        f"output_dir={run}",
+        "train.max_steps=3",
+        *TINY,
+    )
+    log = tmp_path / f"bigtrain-{job}.out"
+    wait_for(job, log)
+    text = read(log)
+    assert "srun --ntasks-per-node=2 --ntasks=4 --cpus-per-task=1 " in text, text
+    placed = sorted(re.findall(r"rank (\d) of 4 on node (\S+) \(\S+\), local rank (\d)", text))
+    assert len(placed) == 4, text
+    assert [rank for rank, _, _ in placed] == ["0", "1", "2", "3"]
+    by_node: dict[str, list[str]] = {}
+    for _, node, local in placed:
+        by_node.setdefault(node, []).append(local)
+    assert sorted(sorted(v) for v in by_node.values()) == [["0", "1"], ["0", "1"]], text  # 2 nodes x 2 ranks
+    assert json.loads((run / "run.json").read_text())["world_size"] == 4
+    assert [r["step"] for r in train_records(run)] == [1, 2, 3]
 
 
 @pytest.mark.slurm

@@ -9,14 +9,19 @@
 #
 # Everything (config, munge key and socket, state, spool, logs) lives under $BIGTRAIN_SLURM_DIR
 # (default /tmp/bigtrain-slurm). Settings: BIGTRAIN_SLURM_NODES (2), BIGTRAIN_SLURM_CPUS (CPUs per
-# node, 1: two one-task nodes fit a 2-core machine), BIGTRAIN_SLURM_PORT (controller port 16817;
-# the nodes use the next ports). Needs root (apt, /etc/hosts, daemons) -- it is meant for CI
+# node, 2), BIGTRAIN_SLURM_GPUS (GPUs per node, 2: see below), BIGTRAIN_SLURM_PORT (controller port
+# 16817; the nodes use the next ports).
+#
+# The GPUs are stand-ins: character devices that are /dev/null (made with mknod), declared as Slurm
+# `gpu` GRES, so that `--gpus-per-node` allocations and one-rank-per-GPU placement run through the real
+# Slurm code; the ranks find no CUDA and train on CPU. BIGTRAIN_SLURM_GPUS=0 leaves them out. Needs root (apt, /etc/hosts, daemons) -- it is meant for CI
 # containers and throwaway VMs, not for a machine that runs a real Slurm.
 set -euo pipefail
 
 DIR=${BIGTRAIN_SLURM_DIR:-/tmp/bigtrain-slurm}
 NODES=${BIGTRAIN_SLURM_NODES:-2}
-CPUS=${BIGTRAIN_SLURM_CPUS:-1}
+CPUS=${BIGTRAIN_SLURM_CPUS:-2}
+GPUS=${BIGTRAIN_SLURM_GPUS:-2}
 PORT=${BIGTRAIN_SLURM_PORT:-16817}
 CONF=$DIR/slurm.conf
 HOSTS_TAG="# bigtrain-slurm test cluster"
@@ -74,6 +79,7 @@ write_conf() {
   {
     echo "# Written by tools/slurm-cluster.sh; regenerated on every 'up'."
     echo "ClusterName=bigtrain"
+    [ "$GPUS" -gt 0 ] && echo "GresTypes=gpu"
     echo "SlurmctldHost=$host(127.0.0.1)"
     echo "SlurmctldPort=$PORT"
     echo "SlurmUser=root"
@@ -108,11 +114,14 @@ write_conf() {
     echo "KillWait=10"
     for name in $(node_names); do
       i=$((i + 1))
-      echo "NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + i)) CPUs=$CPUS State=UNKNOWN"
+      gres=""
+      [ "$GPUS" -gt 0 ] && gres=" Gres=gpu:$GPUS"
+      echo "NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + i)) CPUs=$CPUS$gres State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=bt-node[1-$NODES] Default=YES MaxTime=INFINITE State=UP"
   } >"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
+  write_gres
   # Let plain `sinfo`/`sbatch` find this cluster without SLURM_CONF, unless a real config is there.
   if [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
     mkdir -p /etc/slurm
@@ -120,6 +129,21 @@ write_conf() {
   else
     say "/etc/slurm/slurm.conf belongs to someone else; use: export SLURM_CONF=$CONF"
   fi
+}
+
+write_gres() {
+  # Slurm drops a GPU without a device file, and wants a character device: clones of /dev/null.
+  local name g
+  echo "AutoDetect=off" >"$DIR/gres.conf"
+  [ "$GPUS" -gt 0 ] || return 0
+  mkdir -p "$DIR/gpu"
+  for name in $(node_names); do
+    for g in $(seq 0 $((GPUS - 1))); do
+      [ -c "$DIR/gpu/$name-gpu$g" ] || mknod "$DIR/gpu/$name-gpu$g" c 1 3 ||
+        die "cannot make stand-in GPU devices (mknod); set BIGTRAIN_SLURM_GPUS=0"
+    done
+    echo "NodeName=$name Name=gpu File=$DIR/gpu/$name-gpu[0-$((GPUS - 1))]" >>"$DIR/gres.conf"
+  done
 }
 
 wait_idle() {
@@ -152,7 +176,7 @@ cmd_up() {
     alive "$DIR/run/slurmd-$name.pid" || slurmd -f "$CONF" -N "$name"
   done
   wait_idle
-  say "up: $NODES nodes x $CPUS CPUs; SLURM_CONF=$CONF"
+  say "up: $NODES nodes x $CPUS CPUs, $GPUS stand-in GPUs; SLURM_CONF=$CONF"
 }
 
 cmd_down() {
