@@ -16,6 +16,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.modeling import BigTrainForCausalLM
 from bigtrain.pipeline.planner import plan_recipe
+from bigtrain.pipeline.runner import launch_command
 from bigtrain.train.step_lora import apply_step, layer_index, merge_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +145,29 @@ def test_step_state_bytes_are_what_the_planner_says(step_demo: tuple[Path, list[
     # a flat STEP recipe (what a stage runs) is planned from its init_from's growth.json: the same bytes
     flat = plan_recipe(load_recipe(out / "s2" / "stage.yaml"), world_size=2, precision="fp32").stages[0]
     assert flat.state_bytes == plan.stages[1].state_bytes and flat.lora_params == plan.stages[1].lora_params
+
+
+@pytest.mark.slow
+def test_step_state_bytes_in_bf16(step_demo: tuple[Path, list[str], str], tmp_path: Path) -> None:
+    """The GPU case: bf16 weights and gradients (2 B), fp32 master + Adam (12 B) per trainable parameter,
+    2 B per frozen one. DeepSpeed runs bf16 on CPU too, so the STEP stage s2 is rerun in bf16 on 2 ranks."""
+    out, _, _ = step_demo
+    bf16 = [f"output_dir={tmp_path / 's2'}", "train.precision=bf16", "train.max_steps=1", "train.export=false"]
+    run = subprocess.run(
+        [*launch_command(out / "s2" / "stage.yaml", 2), *bf16],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    measured = json.loads((tmp_path / "s2" / "run.json").read_text())
+    assert measured["precision"] == "bf16"
+    (predicted,) = plan_recipe(load_recipe(out / "s2" / "stage.yaml", bf16), world_size=2).stages
+    assert measured["memory"]["param_bytes"] == predicted.param_bytes
+    assert measured["memory"]["grad_bytes"] == predicted.grad_bytes
+    assert measured["memory"]["optimizer_state_bytes"] == predicted.optimizer_state_bytes
+    assert predicted.grad_bytes * 6 == predicted.optimizer_state_bytes  # 2 B vs 12 B per trainable element
 
 
 @pytest.mark.slow
