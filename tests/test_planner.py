@@ -90,6 +90,9 @@ def test_state_bytes_follow_zero3_partitioning() -> None:
     assert mem.param_bytes == 2 * sum(-(-t.numel // 3) for t in tensors)
     assert mem.grad_bytes == 2 * sum(-(-t.numel // 3) for t in tensors if t.trainable)
     assert mem.optimizer_state_bytes == 12 * sum(-(-t.numel // 3) for t in tensors if t.trainable)
+    parts = ("trainable_layer", "frozen_layer", "lora", "embeddings_and_head")
+    assert sum(mem.details[f"{p}_state_bytes"] for p in parts) == mem.state_bytes
+    assert mem.details["frozen_layer_state_bytes"] > 0 and mem.details["lora_state_bytes"] > 0
     one = stage_memory(cfg, ZeroSettings(world_size=1), 2, 32, False, {0, 1}, step)
     assert one.optimizer_state_bytes == 12 * one.params_trainable
     # activation checkpointing keeps less, the state does not change

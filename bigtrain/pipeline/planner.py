@@ -245,8 +245,31 @@ def stage_memory(
         working_bytes=working,
         activation_bytes=activation_bytes(cfg, micro_batch, seq_len, checkpointing, zero.activation_bytes),
         init_transient_bytes=transient,
-        details={"gathered_params": gathered, "persistent_params": persistent},
+        details={
+            "gathered_params": gathered,
+            "persistent_params": persistent,
+            **state_breakdown(tensors, zero),
+        },
     )
+
+
+def state_breakdown(tensors: list[Tensor], zero: ZeroSettings) -> dict[str, int]:
+    """Per-rank state bytes split by kind: trainable / frozen weights, LoRA, embeddings + LM head."""
+    w = zero.world_size
+    per_trainable = zero.weight_bytes + zero.grad_bytes + zero.master_bytes + zero.adam_bytes
+
+    def state(t: Tensor) -> int:
+        return share(t.numel, w) * (per_trainable if t.trainable else zero.weight_bytes)
+
+    lora = [t for t in tensors if ".lora_" in t.name]
+    outer = [t for t in tensors if not t.name.startswith("model.layers.")]
+    body = [t for t in tensors if t.name.startswith("model.layers.") and ".lora_" not in t.name]
+    return {
+        "trainable_layer_state_bytes": sum(state(t) for t in body if t.trainable),
+        "frozen_layer_state_bytes": sum(state(t) for t in body if not t.trainable),
+        "lora_state_bytes": sum(state(t) for t in lora),
+        "embeddings_and_head_state_bytes": sum(state(t) for t in outer),
+    }
 
 
 # --- STEP's stage-size search --------------------------------------------------------------------
