@@ -2,7 +2,8 @@
 # A real, throwaway Slurm cluster on this machine, for tests and for trying the job scripts:
 # one slurmctld and N slurmd daemons (default 2) on loopback, Debian's packages, munge auth.
 #
-#   tools/slurm-cluster.sh up       install packages if missing, write the config, start (idempotent)
+#   tools/slurm-cluster.sh up       install packages if missing, write the config, start (idempotent;
+#                                   restarts the cluster when the settings below changed)
 #   tools/slurm-cluster.sh down     cancel jobs, stop the daemons (files stay, for the logs)
 #   tools/slurm-cluster.sh status   daemons and sinfo; exit 1 when the cluster is not up
 #   tools/slurm-cluster.sh env      print `export SLURM_CONF=...` for this cluster
@@ -72,10 +73,9 @@ start_munge() {
     --seed-file="$DIR/munge/munged.seed"
 }
 
-write_conf() {
-  local host i=0 name
+render_conf() {
+  local host i=0 name gres
   host=$(hostname -s)
-  mkdir -p "$DIR"/{state,spool,log,run}
   {
     echo "# Written by tools/slurm-cluster.sh; regenerated on every 'up'."
     echo "ClusterName=bigtrain"
@@ -119,7 +119,12 @@ write_conf() {
       echo "NodeName=$name NodeHostname=$host NodeAddr=127.0.0.1 Port=$((PORT + i)) CPUs=$CPUS$gres State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=bt-node[1-$NODES] Default=YES MaxTime=INFINITE State=UP"
-  } >"$CONF.tmp"
+  }
+}
+
+write_conf() {
+  mkdir -p "$DIR"/{state,spool,log,run}
+  render_conf >"$CONF.tmp"
   mv "$CONF.tmp" "$CONF"
   write_gres
   # Let plain `sinfo`/`sbatch` find this cluster without SLURM_CONF, unless a real config is there.
@@ -163,8 +168,12 @@ cmd_up() {
   install_packages
   [ "$(id -u)" -eq 0 ] || die "run as root (daemons, /etc/hosts)"
   if cmd_status >/dev/null 2>&1; then
-    say "already up ($CONF)"
-    return
+    if render_conf | cmp -s - "$CONF"; then
+      say "already up ($CONF)"
+      return
+    fi
+    say "settings changed; restarting the cluster"
+    cmd_down
   fi
   add_hosts
   start_munge
