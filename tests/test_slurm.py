@@ -105,9 +105,17 @@ def test_stage_scripts_cpu_nodes(tmp_path: Path, demo_data: Path) -> None:
 def test_stage_scripts_gpu_nodes(tmp_path: Path, demo_data: Path) -> None:
     recipe = two_stage_recipe(tmp_path)
     launch = Launch(REPO, sys.executable, REPO)
-    res = SlurmResources(nodes=4, gpus_per_node=8, partition="gpu", time="2-00:00:00", sbatch_args=("--exclusive",))
+    res = SlurmResources(
+        nodes=4,
+        gpus_per_node=8,
+        cpus_per_task=12,
+        partition="gpu",
+        time="2-00:00:00",
+        sbatch_args=("--exclusive",),
+    )
     script = plan_jobs(recipe, ["train.lr=1e-3"], res, launch)[0].script
-    for line in ("--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--time=2-00:00:00", "--exclusive"):
+    wanted = ["--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=12", "--partition=gpu", "--exclusive"]
+    for line in [*wanted, "--time=2-00:00:00"]:
         assert f"#SBATCH {line}\n" in script
     assert "train.lr=1e-3 --prepare-stage s1" in script
     explicit = SlurmResources(nodes=1, gpus_per_node=8, ntasks_per_node=1)
@@ -138,6 +146,7 @@ def test_finished_stage_is_skipped(tmp_path: Path, demo_data: Path) -> None:
         (["recipes/nope.yaml"], "error: recipes/nope.yaml: recipe file not found"),
         (["recipes/demo.yaml", "--nodes", "0"], "error: --nodes 0: must be >= 1"),
         (["recipes/demo.yaml", "--gpus-per-node", "-1"], "error: --gpus-per-node -1: must be >= 0"),
+        (["recipes/demo.yaml", "--cpus-per-task", "0"], "error: --cpus-per-task 0: must be >= 1"),
         (["recipes/demo.yaml", "model.bogus=1"], "error: recipes/demo.yaml: unknown key 'model.bogus'"),
     ],
 )

@@ -3,7 +3,8 @@ every stage of a recipe to Slurm as its own job, chained with --dependency=after
 
 Stages already finished (their export exists) are skipped, so resubmitting a partly finished pipeline
 carries on. CPU-only nodes (--gpus-per-node 0) get one rank per node, GPU nodes one rank per GPU, unless
---ntasks-per-node says otherwise. The last line printed is the submitted job ids, space-separated.
+--ntasks-per-node says otherwise. The last line printed is the pipeline's job ids (submitted now or
+already queued), space-separated.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def submit(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
         ntasks_per_node=args.ntasks_per_node,
+        cpus_per_task=args.cpus_per_task,
         partition=args.partition,
         time=args.time,
         account=args.account,
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     p.add_argument("--nodes", type=int, default=1, help="nodes per stage job (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU-only nodes (default)")
     p.add_argument("--ntasks-per-node", type=int, default=None, help="ranks per node (default: GPUs, or 1)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per rank (default: the site's, often 1)")
     p.add_argument("--partition", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--time", default=None, help="time limit per stage job, Slurm format (e.g. 2-00:00:00)")

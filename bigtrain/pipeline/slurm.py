@@ -33,6 +33,7 @@ class SlurmResources:
     nodes: int = 1
     gpus_per_node: int = 0
     ntasks_per_node: int | None = None  # ranks per node; None: one per GPU, or one per CPU-only node
+    cpus_per_task: int | None = None  # CPUs per rank; None: the site's default (often 1)
     partition: str | None = None
     time: str | None = None  # Slurm's formats, e.g. "2-00:00:00"
     account: str | None = None
@@ -46,6 +47,8 @@ class SlurmResources:
             raise BigtrainError(f"--gpus-per-node {self.gpus_per_node}: must be >= 0")
         if self.ntasks_per_node is not None and self.ntasks_per_node < 1:
             raise BigtrainError(f"--ntasks-per-node {self.ntasks_per_node}: must be >= 1")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise BigtrainError(f"--cpus-per-task {self.cpus_per_task}: must be >= 1")
         if self.signal_margin_s < 0:
             raise BigtrainError(f"--signal-margin {self.signal_margin_s}: must be >= 0 seconds")
 
@@ -94,6 +97,8 @@ def sbatch_directives(res: SlurmResources, job_name: str, comment: str, log_dir:
     ]
     if res.gpus_per_node:
         opts.append(f"--gpus-per-node={res.gpus_per_node}")
+    if res.cpus_per_task:
+        opts.append(f"--cpus-per-task={res.cpus_per_task}")
     if res.partition:
         opts.append(f"--partition={res.partition}")
     if res.account:
