@@ -228,8 +228,9 @@ def stage_memory(
     largest = max(modules.values())
     gathered = largest + min(zero.prefetch_bucket_size, total)
     grads_in_flight = max(train_modules.values(), default=0)
+    # the reduce bucket is allocated whole at initialize (contiguous_gradients), however few grads there are
     working = zero.weight_bytes * (gathered + persistent) + zero.grad_bytes * (
-        min(zero.reduce_bucket_size, sum(t.numel for t in trainable)) + grads_in_flight
+        zero.reduce_bucket_size + grads_in_flight
     )
     transient = 4 * min(part_train, zero.sub_group_size)
     return StageMemory(
