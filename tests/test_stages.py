@@ -62,6 +62,14 @@ def test_overrides_apply_to_every_stage(tmp_path: Path) -> None:
     assert stages[1].recipe.output_dir == str(tmp_path / "elsewhere" / "s2")
 
 
+def test_a_command_line_lr_is_the_anchor_of_by_size(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    stages = resolve_stages(load_recipe(path, ["train.lr=2e-3"]), ["train.lr=2e-3"])
+    assert stages[0].recipe.train.lr == stages[1].recipe.train.lr == 2e-3
+    expected = lr_by_size(2e-3, stages[0].recipe.model, stages[2].recipe.model, 0.5)
+    assert stages[2].recipe.train.lr == pytest.approx(expected) and expected < 2e-3
+
+
 def test_lr_by_size_is_inverse_sqrt_of_non_embedding_params(tmp_path: Path) -> None:
     stages = resolve_stages(load_recipe(write(tmp_path, GOOD)))
     from bigtrain.model.counting import non_embedding_params

@@ -64,12 +64,15 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     stages: list[Stage] = []
     for i, (spec, model) in enumerate(zip(recipe.stages, models, strict=True)):
         where = f"{source}: stage {spec.name!r}"
-        train = deep_merge(recipe.train.model_dump(mode="json"), spec.train)
+        # command-line train.* overrides win over the stage's own values; a command-line train.lr is the
+        # anchor that `lr: by-size` scales and replaces a stage's fixed `lr:`
+        forced_train = per_stage.get("train", {})
+        train = deep_merge(deep_merge(recipe.train.model_dump(mode="json"), spec.train), forced_train)
         if spec.lr == "by-size":
             if first_lr is None:
                 raise RecipeError(f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it")
             train["lr"] = lr_by_size(first_lr, models[0], model, spec.lr_size_exponent)
-        elif spec.lr is not None:
+        elif spec.lr is not None and "lr" not in forced_train:
             train["lr"] = spec.lr
         if first_lr is None:
             first_lr = float(train["lr"])
@@ -85,7 +88,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             "train": train,
             "step": spec.step.model_dump(mode="json") if spec.step else None,
         }
-        flat = deep_merge(flat, per_stage)
+        flat = deep_merge(flat, {k: v for k, v in per_stage.items() if k != "train"})
         if i + 1 < len(recipe.stages) and flat["train"].get("export") is False:
             nxt = recipe.stages[i + 1].name
             raise RecipeError(f"{where}: train.export is false but stage {nxt!r} starts from its export")
