@@ -78,6 +78,21 @@ def test_apply_step_freezes_inherited_and_adapts_them() -> None:
     assert not any(".lora_" in n for n in grads if layer_index(n) in (2, 3))
 
 
+def test_gradients_reach_adapters_with_frozen_embeddings_and_checkpointing() -> None:
+    """Nothing below the first layer trains and activations are recomputed: LoRA still gets gradients."""
+    model = BigTrainForCausalLM(tiny())
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    apply_step(model, StepConfig(lora_rank=2, train_embeddings=False), "unused", inherited={0, 1})
+    model.train()
+    ids = torch.randint(0, 320, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+    a = model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    b = model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert b.grad.abs().sum() > 0 and a.grad.abs().sum() == 0  # B = 0 at init: A's first gradient is zero
+
+
 def test_apply_step_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BigtrainError, match=r"no growth\.json"):
         apply_step(BigTrainForCausalLM(tiny()), StepConfig(), tmp_path)
