@@ -186,9 +186,15 @@ def cluster() -> None:
         os.environ["SLURM_CONF"] = str(CLUSTER_CONF)
     if shutil.which("sinfo") is None:
         pytest.skip("no Slurm client (sinfo) on PATH; start the test cluster with tools/slurm-cluster.sh up")
-    probe = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, check=False)
+    try:  # sinfo retries a missing config or controller for a minute
+        probe = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, check=False, timeout=15
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip("no Slurm cluster reachable (sinfo timed out); run tools/slurm-cluster.sh up")
     if probe.returncode != 0:
-        pytest.skip(f"no Slurm cluster reachable ({probe.stderr.strip()}); run tools/slurm-cluster.sh up")
+        why = (probe.stderr.strip().splitlines() or ["sinfo failed"])[-1]
+        pytest.skip(f"no Slurm cluster reachable ({why}); run tools/slurm-cluster.sh up")
     up = [line.split()[0] for line in probe.stdout.splitlines() if re.search(r"idle|mix|alloc", line)]
     if len(up) < 2:
         pytest.skip(f"the tests need 2 usable Slurm nodes, sinfo shows: {probe.stdout.strip()!r}")
