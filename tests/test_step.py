@@ -234,6 +234,13 @@ def test_prepare_stage(step_demo: tuple[Path, list[str], str], tmp_path: Path) -
     assert path == out / "s3" / "stage.yaml"
     flat = load_recipe(path)
     assert flat.init_from == str(out / "s3" / "init") and flat.step is not None and flat.stages is None
+    # the recipe changed its growth since init/ was grown: refuse rather than train the wrong model
+    changed = tmp_path / "changed.yaml"
+    text = (REPO / "recipes" / "step-demo.yaml").read_text()
+    changed.write_text(text.replace("grow: {op: step, layers: 4, init: mean}", "grow: {op: step, layers: 5}"))
+    stale = bigtrain_run(str(changed), "--prepare-stage", "s3", *overrides)
+    assert stale.returncode == 2
+    assert "was grown with layers=4, the recipe now says 5" in stale.stderr
     # a stage whose previous stage has not run: one line, exit 2, nothing written
     fresh = tmp_path / "fresh"
     early = bigtrain_run("recipes/step-demo.yaml", "--prepare-stage", "s2", f"output_dir={fresh}")

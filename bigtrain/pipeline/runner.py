@@ -47,11 +47,31 @@ def prepare_stage(stage: Stage, stages: list[Stage]) -> Path:
             from bigtrain.growth import grow_checkpoint
 
             grow_checkpoint(source, init, op=stage.grow.op, progress=False, **stage.grow.grow_args())
+        else:
+            check_grown(stage, init)
     path = stage_yaml(stage)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(dump_recipe(stage.recipe))
     os.replace(tmp, path)
     return path
+
+
+def check_grown(stage: Stage, init: Path) -> None:
+    """A grown `init/` from an earlier run is reused only if the recipe still asks for the same growth."""
+    from bigtrain.growth import read_growth_record
+
+    if stage.grow is None:
+        return
+    record = read_growth_record(init)
+    wanted = {"op": stage.grow.op, **stage.grow.grow_args()}
+    done = {"op": record.op, **record.args}
+    changed = [k for k, v in wanted.items() if k in done and done[k] != v]
+    if changed:
+        k = changed[0]
+        raise BigtrainError(
+            f"stage {stage.name!r}: {init} was grown with {k}={done[k]!r}, the recipe now says {wanted[k]!r} "
+            "(remove that directory to grow again)"
+        )
 
 
 def free_port() -> int:
