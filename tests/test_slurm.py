@@ -398,3 +398,42 @@ def test_signal_during_startup_still_requeues(cluster: None, demo_data: Path, tm
     assert "bigtrain: trainer exited with code 0" in text, text
     assert [r["step"] for r in train_records(run)] == [1, 2, 3, 4]
     assert (run / "hf" / "config.json").exists()
+
+
+@pytest.mark.slurm
+def test_time_limit_signal_from_the_header_requeues(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+    """The real thing: train.sbatch's own `--signal=B:USR1@300` with a 6-minute limit, so Slurm signals
+    about a minute in (it may signal up to 60 s early), mid-training or while the ranks still start."""
+    run = tmp_path / "run"
+    steps = 250  # ~90 s of steps here: the signal (60-80 s in) comes well before the end
+    job = sbatch(
+        "--nodes=2",
+        "--time=6",
+        f"--output={tmp_path}/%x-%j.out",
+        str(TRAIN_SBATCH),
+        "recipes/demo.yaml",
+        f"output_dir={run}",
+        f"train.max_steps={steps}",
+        *TINY,
+    )
+    log = tmp_path / f"bigtrain-{job}.out"
+    deadline = time.monotonic() + 300
+    while f"requeueing job {job}" not in read(log):
+        assert "trainer exited with code" not in read(log), f"no signal before the end; log:\n{read(log)}"
+        assert time.monotonic() < deadline, f"no requeue after 300 s; log:\n{read(log)}"
+        time.sleep(0.2)
+    # the requeued job would be signalled again a minute in: give it room to finish
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)
+    wait_for(job, log)
+
+    text = read(log)
+    assert "bigtrain: SIGUSR1, asking the ranks to checkpoint" in text, text
+    assert f"bigtrain: job {job} restart 1 " in text, text
+    assert "bigtrain: trainer exited with code 0" in text, text
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["step"] == steps
+    if info["resumed_from"]:  # signalled mid-training (else while starting: nothing saved yet)
+        assert 1 <= int(re.fullmatch(r".*step_(\d+)", info["resumed_from"]).group(1)) < steps
+    records = train_records(run)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) for r in records)
