@@ -55,7 +55,7 @@ def test_merge_block_gives_the_adapted_function() -> None:
         blocks.setdefault(f"layer{i}" if i is not None else name, {})[name] = p.detach().clone()
     merged: dict[str, torch.Tensor] = {}
     for block in blocks.values():
-        merged.update(merge_block(block))
+        merged.update(merge_block(block, step.scale))
     plain = BigTrainForCausalLM(cfg)
     assert set(merged) == {n for n, _ in plain.named_parameters()}
     plain.load_state_dict(merged, strict=True)
@@ -81,7 +81,7 @@ def test_apply_step_freezes_inherited_and_adapts_them() -> None:
 def test_gradients_reach_adapters_with_frozen_embeddings_and_checkpointing() -> None:
     """Nothing below the first layer trains and activations are recomputed: LoRA still gets gradients."""
     model = BigTrainForCausalLM(tiny())
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     apply_step(model, StepConfig(lora_rank=2, train_embeddings=False), "unused", inherited={0, 1})
     model.train()
     ids = torch.randint(0, 320, (2, 16))

@@ -3,6 +3,7 @@ fetch batch, forward, backward, step, log, maybe eval, maybe save."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -91,14 +92,14 @@ def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
     else:
         initialize_weights(model, t.seed, world.rank)
     if t.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     block_transform = None
     step_cfg = getattr(recipe, "step", None)  # STEP stage: inherited layers frozen + LoRA
     if step_cfg is not None:
         from bigtrain.train.step_lora import apply_step, merge_block
 
         model = apply_step(model, step_cfg, recipe.init_from)
-        block_transform = merge_block
+        block_transform = functools.partial(merge_block, scale=step_cfg.scale)
     total_steps = recipe.total_steps(world.size)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(

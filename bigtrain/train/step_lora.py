@@ -21,8 +21,6 @@ from bigtrain.errors import BigtrainError
 
 ADAPTER = "default"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-# Set by apply_step so that merge_block (called by the exporter with tensors only) knows alpha / rank.
-_active_scale: float | None = None
 
 
 def layer_index(name: str) -> int | None:
@@ -74,7 +72,6 @@ def apply_step(
     model (peft reads in/out features from the Linear modules, not from the partitioned weights). The new
     LoRA parameters are ordinary tensors; `deepspeed.initialize` partitions them with the rest.
     """
-    global _active_scale
     if inherited is None:
         inherited = read_inherited_layers(init_from)
     n_layers = len(model.model.layers)  # type: ignore[union-attr]
@@ -94,7 +91,6 @@ def apply_step(
     for name, p in model.named_parameters():
         is_lora = ".lora_" in name
         p.requires_grad_(is_lora or trainable_in_step(base_name(name), inherited, step_cfg))
-    _active_scale = step_cfg.scale
     return model
 
 
@@ -118,13 +114,12 @@ def base_name(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def merge_block(tensors: dict[str, torch.Tensor], scale: float | None = None) -> dict[str, torch.Tensor]:
+def merge_block(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
     """Fold LoRA into base weights (W + scale * B @ A, in float32) and return LLaMA-named tensors.
 
     `tensors` are full (gathered) tensors named as in `model.named_parameters()` of the adapted model;
-    `scale` is alpha / rank, by default the one `apply_step` used in this process.
+    `scale` is the stage's `StepConfig.scale` (alpha / rank).
     """
-    scale = _active_scale if scale is None else scale
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if ".lora_" in name:
@@ -138,8 +133,6 @@ def merge_block(tensors: dict[str, torch.Tensor], scale: float | None = None) ->
         base = base_name(f"{module}.base_layer.weight")
         if b is None or base not in out:
             raise BigtrainError(f"merge_block: {module} has lora_A but no lora_B or base weight in this block")
-        if scale is None:
-            raise BigtrainError("merge_block: no LoRA scale (apply_step was not called in this process)")
         w = out[base]
         out[base] = (w.float() + scale * (b.float() @ a.float())).to(w.dtype)
     return out
