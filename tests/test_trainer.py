@@ -166,3 +166,21 @@ def test_init_from_an_export_starts_from_its_weights(
     assert first < losses(two_ranks)[1] - 1.0, "a run initialised from trained weights starts lower"
     info = json.loads((out / "run.json").read_text())
     assert info["init_from"] == str(two_ranks / "hf")
+
+
+def test_signal_during_startup_saves_at_the_first_step_and_exits_3(
+    demo_data: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """SIGUSR1 (Slurm's pre-timeout signal) arriving while the trainer still imports is not lost."""
+    out = tmp_path / "preempted"
+    args = tiny_overrides(demo_data, out, cache_dir, **{"train.max_steps": 4})
+    proc = launch(args, ranks=1, background=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "preempted" and info["step"] == 1
+    assert (out / "checkpoints" / "step_1" / "bigtrain_state.json").exists()
+    launch(args, ranks=1)  # the same command finishes the run
+    assert sorted(losses(out)) == [1, 2, 3, 4]

@@ -23,12 +23,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bigtrain.train.preemption import EXIT_PREEMPTED, PreemptionFlag
+
+    preemption = PreemptionFlag()  # first: a scheduler's signal during start-up must not kill the rank
     args = parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     from bigtrain.cli.common import USER_ERRORS
     from bigtrain.config import load_recipe
-    from bigtrain.train.preemption import EXIT_PREEMPTED
 
     is_main = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     try:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         preflight(recipe)
         from bigtrain.train.loop import train  # imports DeepSpeed: only once the inputs are known good
 
-        result = train(recipe)
+        result = train(recipe, preemption=preemption)
     except USER_ERRORS as e:
         if is_main:
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

@@ -65,7 +65,10 @@ def numel(p: torch.nn.Parameter) -> int:
     return int(getattr(p, "ds_numel", p.numel()))
 
 
-def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
+def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag | None = None) -> dict[str, Any]:
+    """Run one stage in this process group (started here if needed); returns what run.json records.
+    `preemption`: a flag installed earlier by the caller (default: installed now)."""
+    preemption = preemption or PreemptionFlag()
     world = world or init_distributed()
     out = Path(recipe.output_dir)
     t = recipe.train
@@ -147,7 +150,6 @@ def train(recipe: Recipe, world: World | None = None) -> dict[str, Any]:
 
     # --- loop ------------------------------------------------------------------------------------
     sampler = GlobalBatchSampler(data.train.count, gbs, recipe.data.seed)
-    preemption = PreemptionFlag()
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
     interval_start, interval_steps = time.perf_counter(), 0
     status = "finished"

@@ -4,14 +4,17 @@ schedulers send SIGTERM. The loop finishes its current step, checkpoints, and ex
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 EXIT_PREEMPTED = 3
 
 
 class PreemptionFlag:
+    """Install early (cheap: no torch import), so a signal during start-up is not lost."""
+
     def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
         self.received: int | None = None
         for sig in signals:
@@ -22,6 +25,9 @@ class PreemptionFlag:
 
     def any_rank_received(self, device: torch.device) -> bool:
         """Collective: a signal to any rank stops every rank at the same step."""
+        import torch
+        import torch.distributed as dist
+
         flag = torch.tensor([1 if self.received is not None else 0], device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
