@@ -28,7 +28,7 @@ from bigtrain.train.distributed import World, barrier, broadcast_object, init_di
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
-from bigtrain.train.metrics import MetricsLogger, detect_peak_tflops, peak_memory_bytes, write_run_info
+from bigtrain.train.metrics import MetricsLogger, detect_peak_tflops, mfu, peak_memory_bytes, write_run_info
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.preemption import PreemptionFlag
 from bigtrain.train.schedule import lr_multiplier
@@ -74,10 +74,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     t = recipe.train
     torch.manual_seed(t.seed)
     ckpt = newest_checkpoint(out / "checkpoints")
-    if ckpt and read_state(ckpt).finished and (not t.export or (out / "hf" / "config.json").exists()):
+    saved = read_state(ckpt) if ckpt else None
+    if saved and saved.finished and (not t.export or (out / "hf" / "config.json").exists()):
         if world.is_main:
-            print(f"bigtrain: {out} already finished at step {read_state(ckpt).step}; nothing to do")
-        return {"status": "finished", "step": read_state(ckpt).step, "already_finished": True}
+            print(f"bigtrain: {out} already finished at step {saved.step}; nothing to do")
+        return {"status": "finished", "step": saved.step, "already_finished": True}
 
     # --- data ----------------------------------------------------------------------------------
     cache = Path(recipe.data.cache_dir or out / "data")
@@ -97,12 +98,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     if t.activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     block_transform = None
-    step_cfg = getattr(recipe, "step", None)  # STEP stage: inherited layers frozen + LoRA
-    if step_cfg is not None:
+    if recipe.step is not None:  # a STEP stage: inherited layers frozen + LoRA, folded back at export
         from bigtrain.train.step_lora import apply_step, merge_block
 
-        model = apply_step(model, step_cfg, recipe.init_from)
-        block_transform = functools.partial(merge_block, scale=step_cfg.scale)
+        model = apply_step(model, recipe.step, recipe.init_from)
+        block_transform = functools.partial(merge_block, scale=recipe.step.scale)
     total_steps = recipe.total_steps(world.size)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(
@@ -168,6 +168,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         interval_steps += 1
         bar.update(1)
 
+        record = None
         if state.step % t.log_every == 0 or state.step == total_steps:
             dist.all_reduce(loss_sum)
             elapsed = time.perf_counter() - interval_start
@@ -180,13 +181,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
                 "tokens": state.tokens,
                 "tokens_per_s": tokens_per_s,
                 "step_time_s": elapsed / interval_steps,
-                "mfu": flops_per_token * tokens_per_s / (peak_tflops * 1e12 * world.size) if peak_tflops else None,
+                "mfu": mfu(flops_per_token, tokens_per_s, peak_tflops, world.size),
                 "memory_bytes": peak_memory_bytes(),
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             interval_start, interval_steps = time.perf_counter(), 0
-        else:
-            record = None
         if data.eval is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             record = {**(record or {"step": state.step}), **last_eval}

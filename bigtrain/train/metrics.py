@@ -34,6 +34,11 @@ def detect_peak_tflops() -> float | None:
     return next((v for k, v in PEAK_TFLOPS_BY_GPU.items() if k in name), None)
 
 
+def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops: float | None, devices: int) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the devices' dense peak (None: peak unknown)."""
+    return flops_per_token * tokens_per_s / (peak_tflops * 1e12 * devices) if peak_tflops else None
+
+
 def peak_memory_bytes() -> int:
     """Accelerator: max allocated by torch. CPU: the process's peak resident set."""
     if torch.cuda.is_available():

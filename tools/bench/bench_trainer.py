@@ -112,6 +112,8 @@ def bigtrain_run(preset: str, steps: int, warmup: int, out: Path) -> tuple[list[
 
 
 def main() -> None:
+    from bigtrain.train.metrics import mfu
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--steps", type=int, default=20)
@@ -133,9 +135,7 @@ def main() -> None:
         "plain_tokens_per_s": tokens_per_step / t_plain,
         "throughput_ratio": t_plain / t_ours,
         "bigtrain_peak_memory_bytes": info["memory"]["peak_bytes"],
-        "bigtrain_mfu": (info["flops_per_token"] * tokens_per_step / t_ours / (info["peak_tflops_per_device"] * 1e12))
-        if info["peak_tflops_per_device"]
-        else None,
+        "bigtrain_mfu": mfu(info["flops_per_token"], tokens_per_step / t_ours, info["peak_tflops_per_device"], 1),
     }
     print(json.dumps(result, indent=2))
 
