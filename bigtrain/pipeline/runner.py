@@ -8,15 +8,15 @@ continues at the stage and step where it stopped.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from bigtrain.ckpt.atomic import write_text_atomic
 from bigtrain.config import dump_recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.stages import Stage
+from bigtrain.train.distributed import free_port
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -50,9 +50,7 @@ def prepare_stage(stage: Stage, stages: list[Stage]) -> Path:
         else:
             check_grown(stage, init)
     path = stage_yaml(stage)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_recipe(stage.recipe))
-    os.replace(tmp, path)
+    write_text_atomic(path, dump_recipe(stage.recipe))
     return path
 
 
@@ -72,13 +70,6 @@ def check_grown(stage: Stage, init: Path) -> None:
             f"stage {stage.name!r}: {init} was grown with {k}={done[k]!r}, the recipe now says {wanted[k]!r} "
             "(remove that directory to grow again)"
         )
-
-
-def free_port() -> int:
-    """A free TCP port for the rendezvous, so that concurrent runs on one machine do not collide."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launch_command(recipe_path: Path, nproc: int) -> list[str]:

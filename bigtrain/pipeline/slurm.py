@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bigtrain.ckpt.atomic import write_text_atomic
 from bigtrain.config import load_recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.stages import Stage, resolve_stages
@@ -216,9 +217,7 @@ def queued_jobs() -> dict[str, str]:
 
 def write_script(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text_atomic(path, text)
 
 
 def submit_jobs(jobs: list[StageJob]) -> list[tuple[StageJob, str | None, str]]:
