@@ -23,6 +23,7 @@ from bigtrain.pipeline.planner import (
     stage_memory,
 )
 from bigtrain.train.step_lora import apply_step
+from tests.growth_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,15 +51,8 @@ def test_compositions_are_all_ordered_splits() -> None:
 
 def heterogeneous() -> BigTrainConfig:
     # GQA, an attention-only layer, untied head: the bookkeeping must follow every per-layer size
-    return BigTrainConfig(
-        vocab_size=320,
-        hidden_size=64,
-        num_hidden_layers=4,
-        head_dim=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=176,
-        layer_intermediate_sizes=[176, 0, 240, 176],
+    return tiny_config(
+        vocab_size=320, num_hidden_layers=4, intermediate_size=176, layer_intermediate_sizes=[176, 0, 240, 176]
     )
 
 

@@ -18,21 +18,13 @@ from bigtrain.model.modeling import BigTrainForCausalLM
 from bigtrain.pipeline.planner import plan_recipe
 from bigtrain.pipeline.runner import launch_command
 from bigtrain.train.step_lora import apply_step, layer_index, merge_block
+from tests.growth_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(ffn: list[int] | None = None) -> BigTrainConfig:
-    return BigTrainConfig(
-        vocab_size=320,
-        hidden_size=64,
-        num_hidden_layers=4,
-        head_dim=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=176,
-        layer_intermediate_sizes=ffn,
-    )
+    return tiny_config(vocab_size=320, num_hidden_layers=4, intermediate_size=176, layer_intermediate_sizes=ffn)
 
 
 def test_merge_block_gives_the_adapted_function() -> None:
