@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
 
@@ -91,8 +91,38 @@ class ModelSpec(Section):
         )
 
 
+class SourceConfig(Section):
+    """One source of a mixture (`data.sources`): raw files, a dataset name, or a prepared token directory."""
+
+    name: str
+    files: list[str] = Field(default_factory=list)
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "train"
+    token_dir: str | None = None
+    text_field: str | None = None  # default: data.text_field
+    weight: float = 1.0
+    max_tokens: int | None = None
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceConfig:
+        kinds = [k for k in ("files", "dataset", "token_dir") if getattr(self, k)]
+        if len(kinds) != 1:
+            got = " and ".join(kinds) if kinds else "none of them"
+            raise ValueError(f"source {self.name!r}: give exactly one of files, dataset, token_dir (got {got})")
+        if not self.weight > 0 or not math.isfinite(self.weight):
+            raise ValueError(f"source {self.name!r}: weight must be > 0, got {self.weight}")
+        return self
+
+
 class DataConfig(Section):
     # Raw text: local files/globs (.txt, .jsonl/.json, .parquet), or a hub/local dataset name.
+    # A single path is a one-element list (`data.train_files=corpus.txt`).
     train_files: list[str] = Field(default_factory=list)
     eval_files: list[str] = Field(default_factory=list)
     dataset: str | None = None
@@ -103,8 +133,13 @@ class DataConfig(Section):
     streaming: bool = False
     # A pre-tokenised token directory from `bigtrain-data prepare` (skips tokenisation).
     token_dir: str | None = None
-    # Where tokenised data is cached when token_dir is not given (default: <output_dir>/data).
+    # A weighted mixture of sources instead of train_files/dataset/token_dir (docs/data.md).
+    sources: list[SourceConfig] = Field(default_factory=list)
+    # Where tokenised data is cached, keyed by content (default: <output_dir>/data; for a staged recipe
+    # <root output_dir>/data, shared by every stage).
     cache_dir: str | None = None
+    # Processes that tokenise (None: all cores).
+    workers: int | None = Field(default=None, ge=1)
     tokenizer: str = "data/tokenizer"
     seq_len: int = 256
     # Held out for evaluation when no eval files/split are given: this share of packed sequences.
@@ -112,6 +147,23 @@ class DataConfig(Section):
     seed: int = 1234
     # Stop tokenising a source after this many tokens (e.g. a slice of a streamed hub corpus).
     max_tokens: int | None = None
+
+    @field_validator("train_files", "eval_files", mode="before")
+    @classmethod
+    def _one_path(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _sources_or_shorthand(self) -> DataConfig:
+        if self.sources:
+            shorthand = [k for k in ("train_files", "dataset", "token_dir") if getattr(self, k)]
+            if shorthand:
+                raise ValueError(f"data.sources replaces data.{shorthand[0]}: give one or the other")
+            names = [s.name for s in self.sources]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup is not None:
+                raise ValueError(f"data.sources: the name {dup!r} is used twice")
+        return self
 
 
 class TrainConfig(Section):

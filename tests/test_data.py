@@ -13,7 +13,7 @@ import pytest
 from bigtrain.config import DataConfig
 from bigtrain.data.prepare import prepare_split, prepare_token_dir
 from bigtrain.data.sampler import GlobalBatchSampler
-from bigtrain.data.token_file import TokenFile
+from bigtrain.data.store import open_tokens
 from bigtrain.data.tokenizer import load_tokenizer
 from bigtrain.errors import BigtrainError
 from tests.trainer_runs import REPO
@@ -42,16 +42,23 @@ def test_sampler_refuses_data_smaller_than_a_batch() -> None:
         GlobalBatchSampler(num_sequences=3, global_batch=8, seed=0)
 
 
-def test_text_files_pack_documents_with_eos(tmp_path: Path, tokenizer, demo_data: Path) -> None:
+def test_text_files_pack_documents_between_bos_and_eos(tmp_path: Path, tokenizer, demo_data: Path) -> None:
+    """The LLaMA convention: BOS starts each document, EOS ends it."""
     files = sorted((demo_data / "shakespeare" / "eval").glob("*.txt"))[:2]
     cfg = DataConfig(train_files=[str(f) for f in files], tokenizer=str(demo_data / "tokenizer"), seq_len=32)
     tf = prepare_split(cfg, "train", tokenizer, tmp_path)
     assert tf is not None and tf.meta.num_documents == 2
-    expected = sum(len(tokenizer(f.read_text(), add_special_tokens=False).input_ids) + 1 for f in files)
+    first = tokenizer(files[0].read_text(), add_special_tokens=False).input_ids
+    expected = sum(len(tokenizer(f.read_text(), add_special_tokens=False).input_ids) + 2 for f in files)
     assert tf.meta.num_tokens == expected
-    assert int((np.asarray(tf.tokens) == tokenizer.eos_token_id).sum()) >= 2
+    tokens = tf.read(0, tf.meta.num_tokens)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert list(tokens[: len(first) + 3]) == [bos, *first, eos, bos]
+    assert tokens[-1] == eos and int((tokens == bos).sum()) == 2
     assert tf.num_sequences(32) == expected // 32
-    assert tokenizer.decode(tf.sequence(0, 32)).startswith(files[0].read_text()[:20].split()[0])
+    assert tokenizer.decode(tf.sequence(0, 32), skip_special_tokens=True).startswith(
+        files[0].read_text()[:20].split()[0]
+    )
     # cached: a second call finds the same directory instead of tokenising again
     again = prepare_split(cfg, "train", tokenizer, tmp_path)
     assert again is not None and again.path == tf.path
@@ -89,10 +96,11 @@ def test_truncated_token_file_is_refused(tmp_path: Path, tokenizer, sample_text:
     (tmp_path / "a.txt").write_text(sample_text)
     tf = prepare_split(DataConfig(train_files=[str(tmp_path / "a.txt")]), "train", tokenizer, tmp_path / "c")
     assert tf is not None
-    data = (tf.path / "tokens.bin").read_bytes()
-    (tf.path / "tokens.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BigtrainError, match="truncated or corrupt"):
-        TokenFile(tf.path)
+    shard = tf.path / "shards" / "shard-000000.bin"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BigtrainError, match=r"shard-000000.bin: \d+ bytes, the index says \d+ bytes \(truncated"):
+        open_tokens(tf.path)
 
 
 def test_prepare_cli_writes_a_token_dir_training_can_use(tmp_path: Path, demo_data: Path) -> None:
@@ -113,10 +121,16 @@ def test_prepare_cli_writes_a_token_dir_training_can_use(tmp_path: Path, demo_da
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert TokenFile(out).meta.num_documents == 1 and TokenFile(out / "eval").meta.num_documents == 1
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert again.returncode == 2 and "exists and is not empty" in again.stderr
-    assert TokenFile(out).meta.num_documents == 1  # untouched
+    assert open_tokens(out).meta.num_documents == 1 and open_tokens(out / "eval").meta.num_documents == 1
+    before = (out / "index.json").read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)  # already complete: nothing to do
+    assert again.returncode == 0 and "tokenised" not in again.stdout and (out / "index.json").read_bytes() == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = subprocess.run([*cmd[:-1], str(other)], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and "exists and is not empty" in refused.stderr
+    assert (other / "notes.txt").read_text() == "mine"  # untouched
 
 
 def test_prepare_token_dir_needs_data(tmp_path: Path, tokenizer) -> None:
@@ -133,4 +147,4 @@ def test_streaming_source_with_a_token_cap(tmp_path: Path, tokenizer, sample_tex
     capped = prepare_split(capped_cfg, "train", tokenizer, tmp_path / "b")
     assert full is not None and capped is not None
     assert 50 <= capped.meta.num_tokens < full.meta.num_tokens
-    assert list(capped.tokens) == list(full.tokens[: capped.meta.num_tokens])
+    assert list(capped.read(0, capped.meta.num_tokens)) == list(full.read(0, capped.meta.num_tokens))

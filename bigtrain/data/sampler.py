@@ -39,3 +39,106 @@ class GlobalBatchSampler:
         """This rank's share of one micro step of global batch `batch` (layout: [micro_step][rank][micro])."""
         start = (micro_step * world + rank) * micro
         return self.global_batch_indices(batch)[start : start + micro]
+
+    def position(self, sequences: int) -> dict:
+        """The data position after `sequences` global sequences: what the checkpoint records."""
+        return {"sequences": sequences, "sources": {"train": {"sequences": sequences, "epoch": sequences // self.n}}}
+
+    def new_epochs(self, batch: int) -> list[str]:
+        """Log lines for the epochs that start inside global batch `batch`."""
+        start, stop = batch * self.global_batch, (batch + 1) * self.global_batch
+        return [
+            f"data: epoch {e} of the training data begins (its sequences repeat)" for e in _crossed(start, stop, self.n)
+        ]
+
+
+def _crossed(start: int, stop: int, n: int) -> range:
+    """Epochs e >= 1 whose first sequence e*n lies in [start, stop)."""
+    return range(max(1, -(-start // n)), -(-stop // n)) if n else range(0)
+
+
+MIXTURE_BLOCK = 4096  # positions per repeating schedule block: proportions are exact to 1/4096
+
+
+class MixtureSampler(GlobalBatchSampler):
+    """Weighted sampling from several sources, the same for any world size.
+
+    Global position p (batch k holds positions k*G .. k*G+G-1) goes to a source by a fixed schedule: one
+    block of MIXTURE_BLOCK positions, assigned greedily to the source furthest below its share (as
+    Megatron's blended datasets do), repeated. Source s's j-th draw is sequence perm_{s,e}[j mod n_s] of
+    that source, e = j // n_s its epoch: a source that runs out repeats, reshuffled. Everything is a pure
+    function of p, so a resumed run, or one on another number of ranks, reads exactly the same batches.
+    """
+
+    def __init__(self, counts: list[int], weights: list[float], names: list[str], global_batch: int, seed: int):
+        if any(c == 0 for c in counts):
+            raise BigtrainError(f"data.sources[{names[counts.index(0)]}]: no training sequences")
+        self.counts, self.names = counts, names
+        self.n, self.global_batch, self.seed = sum(counts), global_batch, seed
+        self.offsets = np.cumsum([0, *counts])[:-1]
+        w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        self.weights = w
+        schedule = np.empty(MIXTURE_BLOCK, dtype=np.int64)
+        taken = np.zeros(len(counts))
+        for i in range(MIXTURE_BLOCK):
+            s = int(np.argmax(w * (i + 1) - taken))
+            schedule[i] = s
+            taken[s] += 1
+        self.schedule = schedule
+        # prefix[s, j]: draws of source s among the first j positions of a block
+        onehot = schedule[None, :] == np.arange(len(counts))[:, None]
+        self.prefix = np.concatenate([np.zeros((len(counts), 1), np.int64), np.cumsum(onehot, axis=1)], axis=1)
+
+    @lru_cache(maxsize=8)  # noqa: B019 - one sampler per run
+    def _source_epoch(self, source: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, source, epoch]).permutation(self.counts[source])
+
+    def draws_before(self, position: int) -> np.ndarray:
+        """Per source: how many of positions [0, position) went to it."""
+        full, rest = divmod(position, MIXTURE_BLOCK)
+        return full * self.prefix[:, MIXTURE_BLOCK] + self.prefix[:, rest]
+
+    def global_batch_indices(self, batch: int) -> np.ndarray:
+        positions = np.arange(batch * self.global_batch, (batch + 1) * self.global_batch)
+        sources = self.schedule[positions % MIXTURE_BLOCK]
+        block_start = (positions // MIXTURE_BLOCK) * self.prefix[sources, MIXTURE_BLOCK]
+        draws = block_start + self.prefix[sources, positions % MIXTURE_BLOCK]  # j: earlier draws of that source
+        counts = np.asarray(self.counts)[sources]
+        epochs = draws // counts
+        out = np.empty(self.global_batch, dtype=np.int64)
+        for s, e in {(int(a), int(b)) for a, b in zip(sources, epochs, strict=True)}:
+            sel = (sources == s) & (epochs == e)
+            out[sel] = self.offsets[s] + self._source_epoch(s, e)[draws[sel] % self.counts[s]]
+        return out
+
+    def position(self, sequences: int) -> dict:
+        draws = self.draws_before(sequences)
+        return {
+            "sequences": sequences,
+            "sources": {
+                name: {"sequences": int(d), "epoch": int(d) // c}
+                for name, d, c in zip(self.names, draws, self.counts, strict=True)
+            },
+        }
+
+    def new_epochs(self, batch: int) -> list[str]:
+        before = self.draws_before(batch * self.global_batch)
+        after = self.draws_before((batch + 1) * self.global_batch)
+        return [
+            f"data: source {name!r} starts epoch {e} (its {c} sequences repeat)"
+            for name, a, b, c in zip(self.names, before, after, self.counts, strict=True)
+            for e in _crossed(int(a), int(b), c)
+        ]
+
+
+def make_sampler(train, global_batch: int, seed: int) -> GlobalBatchSampler:
+    """One source: the plain global permutation; a mixture (`bigtrain.data.dataset.Mixture`): weighted."""
+    parts = getattr(train, "parts", None)
+    if parts is None:
+        return GlobalBatchSampler(train.count, global_batch, seed)
+    return MixtureSampler([p.count for p in parts], train.weights, train.names, global_batch, seed)
+
+
+def tokens_by_source(sampler: GlobalBatchSampler, sequences: int, seq_len: int) -> dict[str, int]:
+    """metrics.jsonl's `tokens/<source>`: tokens trained on from each source so far."""
+    return {f"tokens/{k}": v["sequences"] * seq_len for k, v in sampler.position(sequences)["sources"].items()}

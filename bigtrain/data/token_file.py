@@ -1,5 +1,6 @@
-"""A tokenised corpus on disk: one flat array of token ids (`tokens.bin`, documents separated by EOS)
-and `meta.json`. Read through a memory map, so any size costs no RAM."""
+"""The first, single-file token format: one flat array of token ids (`tokens.bin`, documents separated
+by EOS) and `meta.json`, read through a memory map. Still read (`data.token_dir` of an older prepare);
+new data is written as a sharded store (bigtrain/data/store.py)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,9 @@ class TokenFile:
 
     def num_sequences(self, seq_len: int) -> int:
         return len(self.tokens) // seq_len
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.tokens[start:stop], dtype=np.int64)
 
     def sequence(self, index: int, seq_len: int) -> np.ndarray:
         return np.asarray(self.tokens[index * seq_len : (index + 1) * seq_len], dtype=np.int64)

@@ -17,6 +17,33 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
         tok = AutoTokenizer.from_pretrained(str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir)
     except (OSError, ValueError) as e:
         raise BigtrainError(f"data.tokenizer: cannot load {name_or_dir!r}: {str(e).splitlines()[0]}") from None
-    if tok.eos_token_id is None:
-        raise BigtrainError(f"data.tokenizer: {name_or_dir!r} has no EOS token to separate documents")
+    document_specials(tok)  # refuses a tokenizer that cannot mark documents
     return tok
+
+
+def document_specials(tok: PreTrainedTokenizerBase) -> tuple[int | None, int | None]:
+    """(BOS, EOS) around every document, as the tokenizer defines them: a LLaMA tokenizer's BOS starts each
+    document and its EOS ends it; a tokenizer whose BOS is its EOS (GPT-2) only ends documents."""
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    if bos is None and eos is None:
+        raise BigtrainError(
+            f"data.tokenizer: {tok.name_or_path!r} has neither a BOS nor an EOS token to mark documents"
+        )
+    return (bos if bos != eos else None), eos
+
+
+def tokenizer_identity(tok: PreTrainedTokenizerBase) -> dict:
+    """What a token directory records about its tokenizer; `hash` covers the whole vocabulary and rules,
+    so the same tokenizer at another path (or from the hub) is recognised as the same."""
+    import hashlib
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+    bos, eos = document_specials(tok)
+    return {
+        "name": tok.name_or_path,
+        "vocab_size": len(tok),
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "hash": hashlib.sha256(body.encode()).hexdigest()[:16],
+    }

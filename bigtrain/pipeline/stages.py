@@ -89,6 +89,8 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             "step": spec.step.model_dump(mode="json") if spec.step else None,
         }
         flat = deep_merge(flat, {k: v for k, v in per_stage.items() if k != "train"})
+        # one token cache for every stage (keyed by content): no stage tokenises what another already did
+        flat["data"]["cache_dir"] = flat["data"].get("cache_dir") or str(Path(root) / "data")
         if i + 1 < len(recipe.stages) and flat["train"].get("export") is False:
             nxt = recipe.stages[i + 1].name
             raise RecipeError(f"{where}: train.export is false but stage {nxt!r} starts from its export")

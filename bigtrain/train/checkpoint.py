@@ -14,7 +14,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ class TrainState:
     world_size: int = 1
     seed: int = 0
     finished: bool = False
+    # the data position per source (bigtrain.data.sampler: position); a pure function of step, recorded so
+    # a resume can be checked and inspected
+    data: dict = field(default_factory=dict)
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:

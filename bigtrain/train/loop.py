@@ -18,7 +18,7 @@ from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.config import Recipe, dump_recipe
 from bigtrain.data.dataset import RunData, prepare_run_data
 from bigtrain.data.prepare import check_vocab
-from bigtrain.data.sampler import GlobalBatchSampler
+from bigtrain.data.sampler import make_sampler, tokens_by_source
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import train_flops_per_token
@@ -149,13 +149,15 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         write_run_info(out / "run.json", run_info)
 
     # --- loop ------------------------------------------------------------------------------------
-    sampler = GlobalBatchSampler(data.train.count, gbs, recipe.data.seed)
+    sampler = make_sampler(data.train, gbs, recipe.data.seed)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
     interval_start, interval_steps = time.perf_counter(), 0
     status = "finished"
     last_eval: dict[str, float] = {}
     while state.step < total_steps:
         loss_sum = torch.zeros((), device=engine.device)
+        for line in sampler.new_epochs(state.step) if world.is_main else []:
+            print(f"bigtrain: step {state.step + 1}: {line}", flush=True)
         for micro_step in range(accum):
             idx = sampler.micro_batch_indices(state.step, micro_step, world.rank, world.size, t.micro_batch_size)
             batch = data.train.batch(idx).to(engine.device)
@@ -165,6 +167,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             loss_sum += loss.detach().float()
         state.step += 1
         state.tokens += gbs * recipe.data.seq_len
+        state.data = sampler.position(state.step * gbs)
         interval_steps += 1
         bar.update(1)
 
@@ -179,6 +182,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "tokens": state.tokens,
+                **tokens_by_source(sampler, state.step * gbs, recipe.data.seq_len),
                 "tokens_per_s": tokens_per_s,
                 "step_time_s": elapsed / interval_steps,
                 "mfu": mfu(flops_per_token, tokens_per_s, peak_tflops, world.size),

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from bigtrain.config import Recipe
 from bigtrain.data.prepare import source_spec
-from bigtrain.data.token_file import TokenFile
+from bigtrain.data.store import open_tokens
 from bigtrain.data.tokenizer import load_tokenizer
 from bigtrain.train.model_config import resolve_model_config
 
 
 def preflight(recipe: Recipe) -> None:
-    if recipe.data.token_dir:
-        vocab = TokenFile(recipe.data.token_dir).meta.vocab_size
+    sources = [s for split in ("train", "eval") for s in source_spec(recipe.data, split)]
+    if sources and all(s.token_dir for s in sources):
+        vocab = open_tokens(sources[0].token_dir).meta.vocab_size
     else:
-        for split in ("train", "eval"):
-            source_spec(recipe.data, split)
         vocab = len(load_tokenizer(recipe.data.tokenizer))
     resolve_model_config(recipe, vocab)

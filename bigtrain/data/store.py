@@ -1,0 +1,196 @@
+"""A sharded token store: the prepared form of one source.
+
+    DIR/settings.json               what is being prepared (source, tokenizer, settings); written first
+    DIR/shards/shard-000007.bin     the tokens of work unit 7 (a file, or a slice of a dataset), flat
+    DIR/shards/shard-000007.json    that shard's counts; written after its .bin, so it marks it complete
+    DIR/index.json                  every shard in global order with the totals; written last
+
+Shards are read through memory maps and laid end to end in unit order: the store reads as one flat
+token array, whatever number of processes or machines wrote its shards. Each file lands by an atomic
+rename, so a crash leaves no half shard; a rerun keeps the finished shards and writes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigtrain.ckpt.atomic import write_text_atomic
+from bigtrain.errors import BigtrainError
+
+FORMAT = "bigtrain-tokens/1"
+SETTINGS = "settings.json"
+INDEX = "index.json"
+SHARDS = "shards"
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def shard_name(unit: int) -> str:
+    return f"shard-{unit:06d}"
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def claim_directory(target: Path, settings: dict[str, Any]) -> None:
+    """Start or continue preparing `target`. Parts prepared with other settings are never mixed in."""
+    target.mkdir(parents=True, exist_ok=True)
+    existing = target / SETTINGS
+    if existing.is_file():
+        have = json.loads(existing.read_text())
+        if have.get("fingerprint") != settings["fingerprint"]:
+            diff = next((k for k in settings if have.get(k) != settings[k] and k != "fingerprint"), "fingerprint")
+            raise BigtrainError(
+                f"{target}: holds parts prepared with a different {diff} (fingerprint {have.get('fingerprint')}, "
+                f"now {settings['fingerprint']}); prepare into another directory"
+            )
+        return
+    if any(p.name != SHARDS and not p.name.startswith(".") for p in target.iterdir()):
+        raise BigtrainError(f"{target}: exists and is not a token directory being prepared; use another directory")
+    write_text_atomic(existing, json.dumps(settings, indent=2))
+    (target / SHARDS).mkdir(exist_ok=True)
+
+
+def finished_shard(target: Path, unit: int, itemsize: int) -> dict[str, Any] | None:
+    """The shard's record if it is complete (record present, size matching), else None."""
+    meta = target / SHARDS / f"{shard_name(unit)}.json"
+    data = target / SHARDS / f"{shard_name(unit)}.bin"
+    if not meta.is_file() or not data.is_file():
+        return None
+    record = json.loads(meta.read_text())
+    return record if data.stat().st_size == record["tokens"] * itemsize else None
+
+
+class ShardWriter:
+    """Tokens of one unit into a hidden temporary file; `finish` renames it into place, then writes its record."""
+
+    def __init__(self, target: Path, unit: int, dtype: np.dtype) -> None:
+        self.target, self.unit, self.dtype = target, unit, dtype
+        self.tmp = target / SHARDS / f".{shard_name(unit)}.bin.{uuid.uuid4().hex[:8]}.tmp"
+        self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+        self.tokens = self.documents = 0
+
+    def write(self, ids: np.ndarray, documents: int) -> None:
+        self._f.write(ids.astype(self.dtype, copy=False).tobytes())
+        self.tokens += len(ids)
+        self.documents += documents
+
+    def finish(self, **extra: Any) -> dict[str, Any]:
+        self._f.close()
+        base = self.target / SHARDS / shard_name(self.unit)
+        os.replace(self.tmp, base.with_suffix(".bin"))
+        record = {"unit": self.unit, "tokens": self.tokens, "documents": self.documents, **extra}
+        write_text_atomic(base.with_suffix(".json"), json.dumps(record))
+        return record
+
+    def abort(self) -> None:
+        self._f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_index(target: Path, settings: dict[str, Any], shards: list[dict[str, Any]]) -> None:
+    index = {
+        **settings,
+        "num_tokens": sum(s["tokens"] for s in shards),
+        "num_documents": sum(s["documents"] for s in shards),
+        "shards": [{"file": f"{SHARDS}/{shard_name(s['unit'])}.bin", **s} for s in shards],
+    }
+    write_text_atomic(target / INDEX, json.dumps(index, indent=1))
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreMeta:
+    dtype: str
+    num_tokens: int
+    num_documents: int
+    vocab_size: int
+    eos_token_id: int | None
+    bos_token_id: int | None
+    tokenizer: str
+    tokenizer_hash: str | None
+    fingerprint: str
+
+
+class TokenStore:
+    """Read side: the shards as one flat token array, cut into fixed-length sequences."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not (path / INDEX).is_file():
+            state = (
+                "is still being prepared (no index yet)" if (path / SETTINGS).is_file() else "is not a token directory"
+            )
+            raise BigtrainError(f"{path}: {state}; see bigtrain-data prepare")
+        try:
+            index = json.loads((path / INDEX).read_text())
+            tok = index["tokenizer"]
+            self.meta = StoreMeta(
+                dtype=index["dtype"],
+                num_tokens=index["num_tokens"],
+                num_documents=index["num_documents"],
+                vocab_size=tok["vocab_size"],
+                eos_token_id=tok["eos_token_id"],
+                bos_token_id=tok["bos_token_id"],
+                tokenizer=tok["name"],
+                tokenizer_hash=tok["hash"],
+                fingerprint=index["fingerprint"],
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise BigtrainError(f"{path / INDEX}: corrupt token index ({e!r})") from None
+        self.path, self.index = path, index
+        dtype = np.dtype(self.meta.dtype)
+        self.shards: list[np.ndarray] = []
+        for shard in index["shards"]:
+            file = path / shard["file"]
+            expected = shard["tokens"] * dtype.itemsize
+            actual = file.stat().st_size if file.is_file() else None
+            if actual != expected:
+                got = "missing" if actual is None else f"{actual} bytes"
+                raise BigtrainError(f"{file}: {got}, the index says {expected} bytes (truncated or corrupt)")
+            self.shards.append(np.memmap(file, dtype=dtype, mode="r") if expected else np.zeros(0, dtype))
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    @property
+    def sources(self) -> list[str]:
+        return [s.get("source", "") for s in self.index["shards"]]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the flat array (a read may span shards)."""
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        parts, pos = [], start
+        for i in range(max(first, 0), len(self.shards)):
+            if pos >= stop:
+                break
+            lo, hi = pos - self.offsets[i], min(stop, self.offsets[i + 1]) - self.offsets[i]
+            if hi > lo:
+                parts.append(self.shards[i][lo:hi])
+                pos += hi - lo
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def num_sequences(self, seq_len: int) -> int:
+        return self.meta.num_tokens // seq_len
+
+    def sequence(self, index: int, seq_len: int) -> np.ndarray:
+        return self.read(index * seq_len, (index + 1) * seq_len)
+
+
+def open_tokens(path: str | Path):
+    """A token directory of either format: a sharded store, or the single-file one (tokens.bin + meta.json)."""
+    from bigtrain.data.token_file import META, TokenFile
+
+    path = Path(path)
+    if (path / META).is_file() and not (path / INDEX).is_file():
+        return TokenFile(path)
+    return TokenStore(path)
