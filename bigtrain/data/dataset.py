@@ -90,15 +90,18 @@ def _check_tokenizer(source: Source, store: Any, wanted: dict | None) -> None:
         )
 
 
-def prepare_run_data(cfg: DataConfig, cache_root: Path) -> RunData:
+def prepare_run_data(cfg: DataConfig, cache_root: Path, resume: dict | None = None) -> RunData:
     """Open every source, tokenising first where the cache has no copy (idempotent: in a process group
-    let one rank call it first, then the others find the cache)."""
+    let one rank call it first, then the others find the cache). `resume`: the data position of the
+    checkpoint being resumed (what a stream needs to continue where it stopped)."""
     sources = train_sources(cfg)
     if not sources:
         raise BigtrainError(
             "data: no training data (set data.train_files, data.dataset, data.token_dir or data.sources)"
         )
     ev = eval_source(cfg)
+    if cfg.streaming and cfg.dataset and not cfg.train_files:
+        return stream_run_data(cfg, sources[0], ev, cache_root, resume)
     raw = [s for s in [*sources, ev] if s is not None and s.spec is not None]
     tok = None
     try:
@@ -140,3 +143,20 @@ def prepare_run_data(cfg: DataConfig, cache_root: Path) -> RunData:
     elif eval_parts:
         evald = Mixture(names, weights, eval_parts)
     return RunData(train, evald, stores[0].meta.vocab_size)
+
+
+def stream_run_data(cfg: DataConfig, src: Source, ev: Source | None, cache_root: Path, resume: dict | None) -> RunData:
+    """`data.streaming` with a dataset: train from the stream (no pre-pass); an eval split is prepared as usual."""
+    from bigtrain.data.stream import TokenStream
+
+    assert src.spec is not None
+    tok = load_tokenizer(cfg.tokenizer)
+    start = None
+    if resume and resume.get("stream"):
+        start = {"sequences": resume["sequences"], **resume["stream"]}
+    stream = TokenStream({**src.spec, "streaming": True}, tok, cfg.seq_len, start)
+    evald = None
+    if ev is not None:
+        ev_store = _open(ev, tok, cache_root, cfg.workers)
+        evald = SequenceRange(ev_store, 0, ev_store.num_sequences(cfg.seq_len), cfg.seq_len)
+    return RunData(stream, evald, len(tok))  # type: ignore[arg-type]

@@ -133,6 +133,10 @@ class MixtureSampler(GlobalBatchSampler):
 
 def make_sampler(train, global_batch: int, seed: int) -> GlobalBatchSampler:
     """One source: the plain global permutation; a mixture (`bigtrain.data.dataset.Mixture`): weighted."""
+    if getattr(train, "streaming", False):
+        from bigtrain.data.stream import StreamSampler
+
+        return StreamSampler(train, global_batch)
     parts = getattr(train, "parts", None)
     if parts is None:
         return GlobalBatchSampler(train.count, global_batch, seed)

@@ -82,7 +82,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
 
     # --- data ----------------------------------------------------------------------------------
     cache = Path(recipe.data.cache_dir or out / "data")
-    data: RunData = on_main_first(world, lambda: prepare_run_data(recipe.data, cache))
+    data: RunData = on_main_first(world, lambda: prepare_run_data(recipe.data, cache, saved.data if saved else None))
 
     # --- model + engine -------------------------------------------------------------------------
     model_cfg = resolve_model_config(recipe, data.vocab_size)
