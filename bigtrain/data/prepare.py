@@ -19,7 +19,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from bigtrain.config import DataConfig, SourceConfig
@@ -185,7 +184,7 @@ def tokenise_unit(
                 if cap is not None and writer.tokens + len(flat) >= cap:
                     done = True
                     break
-            writer.write(np.asarray(flat, dtype=np.int64), count)
+            writer.write(flat, count)
         return writer.finish(source=unit.label)
     except BaseException:
         writer.abort()

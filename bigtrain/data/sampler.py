@@ -146,3 +146,16 @@ def make_sampler(train, global_batch: int, seed: int) -> GlobalBatchSampler:
 def tokens_by_source(sampler: GlobalBatchSampler, sequences: int, seq_len: int) -> dict[str, int]:
     """metrics.jsonl's `tokens/<source>`: tokens trained on from each source so far."""
     return {f"tokens/{k}": v["sequences"] * seq_len for k, v in sampler.position(sequences)["sources"].items()}
+
+
+def resume_notes(saved: dict, sampler: GlobalBatchSampler, sequences: int) -> list[str]:
+    """A warning when the checkpoint's data position is not where the recipe's data now puts it (sources
+    renamed, re-weighted or changed in size): training goes on, from the recipe's data."""
+    if not saved or "sources" not in saved:
+        return []
+    now = sampler.position(sequences)
+    if saved["sources"] == now["sources"]:
+        return []
+    return [
+        f"data: warning: the checkpoint's data position {saved['sources']} differs from {now['sources']} (data changed)"
+    ]

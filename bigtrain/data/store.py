@@ -79,8 +79,9 @@ class ShardWriter:
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/abort
         self.tokens = self.documents = 0
 
-    def write(self, ids: np.ndarray, documents: int) -> None:
-        self._f.write(ids.astype(self.dtype, copy=False).tobytes())
+    def write(self, ids: list[int] | np.ndarray, documents: int) -> None:
+        ids = np.asarray(ids, dtype=self.dtype)
+        self._f.write(ids.tobytes())
         self.tokens += len(ids)
         self.documents += documents
 

@@ -37,13 +37,18 @@ def tokenizer_identity(tok: PreTrainedTokenizerBase) -> dict:
     so the same tokenizer at another path (or from the hub) is recognised as the same."""
     import hashlib
 
+    cached = getattr(tok, "_bigtrain_identity", None)
+    if cached is not None:  # hashing the whole tokenizer costs a noticeable moment; once per object
+        return cached
     backend = getattr(tok, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
     bos, eos = document_specials(tok)
-    return {
+    ident = {
         "name": tok.name_or_path,
         "vocab_size": len(tok),
         "bos_token_id": bos,
         "eos_token_id": eos,
         "hash": hashlib.sha256(body.encode()).hexdigest()[:16],
     }
+    tok._bigtrain_identity = ident
+    return ident

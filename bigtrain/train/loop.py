@@ -18,7 +18,7 @@ from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.config import Recipe, dump_recipe
 from bigtrain.data.dataset import RunData, prepare_run_data
 from bigtrain.data.prepare import check_vocab
-from bigtrain.data.sampler import make_sampler, tokens_by_source
+from bigtrain.data.sampler import make_sampler, resume_notes, tokens_by_source
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import train_flops_per_token
@@ -150,6 +150,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
 
     # --- loop ------------------------------------------------------------------------------------
     sampler = make_sampler(data.train, gbs, recipe.data.seed)
+    for line in resume_notes(state.data, sampler, state.step * gbs) if world.is_main else []:
+        print(f"bigtrain: {line}", flush=True)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
     interval_start, interval_steps = time.perf_counter(), 0
     status = "finished"
