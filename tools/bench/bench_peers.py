@@ -563,6 +563,9 @@ def main() -> int:
     if unknown:
         print(f"error: --runners: unknown runner {unknown[0]!r} (known: {', '.join(RUNNERS)})", file=sys.stderr)
         return 2
+    if args.steps < 1 or args.warmup < 0:
+        print(f"error: --steps {args.steps} / --warmup {args.warmup}: need >= 1 timed step, >= 0 warm-up", file=sys.stderr)
+        return 2
     ps = PRESETS[args.preset]
     micro, gbs = args.micro_batch or ps.micro_batch, args.global_batch or ps.global_batch
     if gbs % micro:

@@ -132,6 +132,7 @@ EOF"
     fi
     section bench 420 "$PY" tools/bench/bench_peers.py --preset 1b --steps 10 --warmup 5 \
       --work "$SCRATCH/peers" --out "$OUT/peers"
+    rm -rf "$SCRATCH/peers"  # 1B weights + a 17 GB final checkpoint: the disk is 64 GB
     ;;
   profile)
     # the 1B target shape, one micro batch per step (seq 2048, micro 4): 2 steps skipped, 1 warm-up, 3 traced
@@ -144,6 +145,7 @@ EOF"
       "$PY" tools/gpu/profile_step.py --help > /dev/null && echo "    profile_step.py --help ok" || DRY_PROBLEMS=$((DRY_PROBLEMS + 1))
     fi
     section profile 300 "$PY" tools/gpu/profile_step.py --out "$OUT/profile" "${P[@]}"
+    rm -rf "$SCRATCH/profile"
     ;;
   stepmem)
     # recipes/step-1b.yaml's three stages, 2 steps each on local text (the device has no hub access), against the plan
