@@ -35,8 +35,18 @@ def non_embedding_params(cfg: BigTrainConfig) -> int:
 
 
 def train_flops_per_token(cfg: BigTrainConfig, seq_len: int) -> float:
-    """Forward+backward FLOPs per token: 6 x matmul weights (LM head included, input embedding
-    excluded: it is a lookup) plus causal attention scores and values, 6 * 2 * s * q_width / 2 per layer."""
+    """bigtrain's convention, forward+backward FLOPs per token: 6 x matmul weights (LM head included, input
+    embedding excluded: it is a lookup; the blocks' norm weights ride along, negligible) plus causal attention
+    scores and values, 6 * 2 * s * q_width / 2 per layer (the mask leaves half of the score matrix, and SDPA's
+    flash kernels skip the masked blocks). 7.82G for Llama-3.2-1B at seq 2048; PaLM's convention: 8.22G."""
     matmul = non_embedding_params(cfg) + cfg.vocab_size * cfg.hidden_size
     attn = sum(6 * seq_len * q * cfg.head_dim for q in cfg.layer_num_attention_heads)
     return 6.0 * matmul + attn
+
+
+def palm_flops_per_token(cfg: BigTrainConfig, seq_len: int) -> float:
+    """The PaLM-appendix convention (Chowdhery et al. 2022, app. B), as llm-foundry, torchtitan and OLMo
+    report MFU: 6N + 12 L H Q T, N every parameter (a tied embedding once), attention not halved for the
+    causal mask; per layer 12 * T * (H * Q) here, so layers with their own head counts add up exactly."""
+    attn = sum(12 * seq_len * q * cfg.head_dim for q in cfg.layer_num_attention_heads)
+    return 6.0 * total_params(cfg) + attn

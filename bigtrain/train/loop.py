@@ -21,14 +21,21 @@ from bigtrain.data.prepare import check_vocab
 from bigtrain.data.sampler import make_sampler, resume_notes, tokens_by_source
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
-from bigtrain.model.counting import train_flops_per_token
+from bigtrain.model.counting import palm_flops_per_token, train_flops_per_token
 from bigtrain.train import state_bytes
 from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, read_state, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
-from bigtrain.train.metrics import MetricsLogger, detect_peak_tflops, mfu, peak_memory_bytes, write_run_info
+from bigtrain.train.metrics import (
+    MetricsLogger,
+    detect_peak,
+    mfu,
+    peak_memory_bytes,
+    peak_reserved_bytes,
+    write_run_info,
+)
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.preemption import PreemptionFlag
 from bigtrain.train.schedule import lr_multiplier
@@ -127,8 +134,10 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
 
     params_total = sum(numel(p) for p in engine.module.parameters())
     params_trainable = sum(numel(p) for p in engine.module.parameters() if p.requires_grad)
-    peak_tflops = t.peak_tflops or detect_peak_tflops()
+    detected = detect_peak()
+    peak_tflops = t.peak_tflops or (detected.tflops if detected else None)
     flops_per_token = train_flops_per_token(model_cfg, recipe.data.seq_len)
+    flops_per_token_palm = palm_flops_per_token(model_cfg, recipe.data.seq_len)
     run_info: dict[str, Any] = {
         "params_total": params_total,
         "params_trainable": params_trainable,
@@ -142,7 +151,9 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
         "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
         "flops_per_token": flops_per_token,
+        "flops_per_token_palm": flops_per_token_palm,
         "peak_tflops_per_device": peak_tflops,
+        "peak_device": "train.peak_tflops" if t.peak_tflops else (detected.device if detected else None),
         "model_config": model_cfg.to_dict(),
     }
     if world.is_main:
@@ -188,7 +199,9 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
                 "tokens_per_s": tokens_per_s,
                 "step_time_s": elapsed / interval_steps,
                 "mfu": mfu(flops_per_token, tokens_per_s, peak_tflops, world.size),
+                "mfu_palm": mfu(flops_per_token_palm, tokens_per_s, peak_tflops, world.size),
                 "memory_bytes": peak_memory_bytes(),
+                "memory_reserved_bytes": peak_reserved_bytes(),
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             interval_start, interval_steps = time.perf_counter(), 0
@@ -220,7 +233,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         step=state.step,
         tokens=state.tokens,
         final_eval=last_eval,
-        memory=state_bytes.per_rank(engine, optimizer) | {"peak_bytes": peak_memory_bytes()},
+        memory=state_bytes.per_rank(engine, optimizer)
+        | {"peak_bytes": peak_memory_bytes(), "peak_reserved_bytes": peak_reserved_bytes()},
     )
     if world.is_main:
         write_run_info(out / "run.json", run_info)

@@ -4,34 +4,82 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Dense bf16 peak TFLOP/s per device, by a substring of the CUDA device name.
-PEAK_TFLOPS_BY_GPU = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "H800": 989.0,
-    "GH200": 989.0,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "A800": 312.0,
-    "L40S": 362.0,
-    "A10G": 125.0,
-    "L4": 121.0,
-    "V100": 125.0,
-}
+
+@dataclass(frozen=True)
+class PeakSpec:
+    """A device's dense (no 2:4 sparsity) bf16 tensor-core peak, from its vendor's datasheet."""
+
+    device: str  # which variant the detection settled on, e.g. "H100 SXM"
+    tflops: float
+
+
+# (pattern on the device name, variant, dense bf16 TFLOP/s), first match wins: specific forms before
+# bare family names. Names as torch.cuda.get_device_name() gives them, e.g. "NVIDIA H100 80GB HBM3" (SXM),
+# "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "AMD Instinct MI300X".
+PEAK_RULES: list[tuple[str, str, float]] = [
+    (r"GH200", "GH200", 989.0),
+    (r"GB200", "GB200", 2500.0),
+    (r"H200.*NVL", "H200 NVL", 835.0),
+    (r"H200", "H200 SXM", 989.0),
+    (r"H100.*NVL", "H100 NVL", 835.0),
+    (r"H100.*PCI", "H100 PCIe", 756.0),
+    (r"H100.*(SXM|HBM3)", "H100 SXM", 989.0),
+    (r"H800.*PCI", "H800 PCIe", 756.0),
+    (r"H800", "H800 SXM", 989.0),
+    (r"H20\b", "H20", 148.0),
+    (r"B200", "B200", 2250.0),
+    (r"B100", "B100", 1750.0),
+    (r"A100", "A100", 312.0),  # SXM4 and PCIe, 40 and 80 GB: the same tensor-core peak
+    (r"A800", "A800", 312.0),
+    (r"A30\b", "A30", 165.0),
+    (r"L40S", "L40S", 362.0),
+    (r"L40\b", "L40", 181.0),
+    (r"A10G", "A10G", 70.0),  # AWS's A10 variant runs at lower clocks than the A10's 125
+    (r"A10\b", "A10", 125.0),
+    (r"L4\b", "L4", 121.0),
+    (r"V100", "V100", 125.0),  # fp16: V100 has no bf16
+    (r"MI300X|MI325X", "MI300X", 1307.0),
+    (r"MI300A", "MI300A", 980.0),
+    (r"MI250X", "MI250X", 383.0),
+]
+H100_PCIE_SMS = 114  # SXM and NVL have 132; NVL carries 94 GiB against SXM's 80
+NVL_MIN_MEMORY_GIB = 90
+
+
+def peak_for(name: str, sm_count: int | None = None, memory_bytes: int | None = None) -> PeakSpec | None:
+    """The peak for a device name; a bare "H100" is told apart by its SM count and memory."""
+    for pattern, device, tflops in PEAK_RULES:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return PeakSpec(device, tflops)
+    if re.search(r"H100", name, flags=re.IGNORECASE):
+        if sm_count is not None and sm_count <= H100_PCIE_SMS:
+            return PeakSpec("H100 PCIe", 756.0)
+        if memory_bytes is not None and memory_bytes >= NVL_MIN_MEMORY_GIB * 2**30:
+            return PeakSpec("H100 NVL", 835.0)
+        return PeakSpec("H100 SXM", 989.0)
+    return None
+
+
+def detect_peak() -> PeakSpec | None:
+    """The current CUDA/ROCm device's peak; None on CPU or an unknown device (set train.peak_tflops)."""
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return peak_for(props.name, props.multi_processor_count, props.total_memory)
 
 
 def detect_peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS_BY_GPU.items() if k in name), None)
+    peak = detect_peak()
+    return peak.tflops if peak else None
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops: float | None, devices: int) -> float | None:
@@ -44,6 +92,11 @@ def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def peak_reserved_bytes() -> int | None:
+    """Accelerator: max reserved by torch's caching allocator (what the device really had to hold). CPU: None."""
+    return int(torch.cuda.max_memory_reserved()) if torch.cuda.is_available() else None
 
 
 def versions() -> dict[str, str]:

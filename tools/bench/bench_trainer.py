@@ -2,7 +2,7 @@
 model, batch and sequence length, measured in one run. Reports median step time, tokens/s and their ratio.
 
     .venv/bin/python tools/bench/bench_trainer.py                      # small CPU model
-    .venv/bin/python tools/bench/bench_trainer.py --preset 1b --steps 30   # on a GPU: ~1B model, bf16
+    .venv/bin/python tools/bench/bench_trainer.py --preset 1b --steps 30   # on a GPU: Llama-3.2-1B shape, bf16
 
 The plain loop is what a person writes by hand: AdamW, forward, backward, clip, step, no ZeRO, on the
 same model class with random tokens. On a GPU it trains fp32 weights under torch.autocast(bf16); bigtrain
@@ -38,11 +38,13 @@ class Preset:
     ffn: int
     seq_len: int
     micro_batch: int
+    vocab: int = 32000
 
 
 PRESETS = {
     "small": Preset(256, 4, 4, 2, 688, 256, 8),
-    "1b": Preset(2048, 16, 16, 8, 5632, 2048, 4),  # ~1.0B parameters with a 32k vocab, tied embeddings
+    # Llama-3.2-1B: 32 query / 8 kv heads of 64, FFN 8192, vocab 128256, tied: 1.24B parameters
+    "1b": Preset(2048, 16, 32, 8, 8192, 2048, 4, vocab=128256),
 }
 
 
@@ -92,6 +94,7 @@ def bigtrain_run(preset: str, steps: int, warmup: int, out: Path) -> tuple[list[
         f"model.num_heads={ps.heads}",
         f"model.num_kv_heads={ps.kv_heads}",
         f"model.intermediate_size={ps.ffn}",
+        f"model.vocab_size={ps.vocab}",
         "model.tie_embeddings=true",
         f"data.seq_len={ps.seq_len}",
         f"train.micro_batch_size={ps.micro_batch}",
@@ -122,7 +125,7 @@ def main() -> None:
     tokens_per_step = PRESETS[args.preset].micro_batch * PRESETS[args.preset].seq_len
     with tempfile.TemporaryDirectory() as tmp:
         ours, info = bigtrain_run(args.preset, args.steps, args.warmup, Path(tmp) / "run")
-    plain = plain_pytorch(args.preset, args.steps, args.warmup, vocab=32000)
+    plain = plain_pytorch(args.preset, args.steps, args.warmup, vocab=PRESETS[args.preset].vocab)
     t_ours, t_plain = statistics.median(ours), statistics.median(plain)
     result = {
         "preset": args.preset,
@@ -136,6 +139,9 @@ def main() -> None:
         "throughput_ratio": t_plain / t_ours,
         "bigtrain_peak_memory_bytes": info["memory"]["peak_bytes"],
         "bigtrain_mfu": mfu(info["flops_per_token"], tokens_per_step / t_ours, info["peak_tflops_per_device"], 1),
+        "bigtrain_mfu_palm": mfu(
+            info["flops_per_token_palm"], tokens_per_step / t_ours, info["peak_tflops_per_device"], 1
+        ),
     }
     print(json.dumps(result, indent=2))
 
