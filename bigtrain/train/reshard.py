@@ -101,11 +101,13 @@ def convert_on_main(ckpt: Path, world: World) -> tuple[Path, float]:
 
 def _partition(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's ZeRO-3 slice of a flattened tensor: ceil(numel / world) elements, the last zero-padded."""
-    flat = full.reshape(-1)
+    flat = full.reshape(-1)  # a memory map: only this rank's slice is read
     per_rank = math.ceil(flat.numel() / world_size)
-    padded = torch.zeros(per_rank * world_size, dtype=flat.dtype)
-    padded[: flat.numel()] = flat
-    return padded[rank * per_rank : (rank + 1) * per_rank]
+    lo, hi = rank * per_rank, min((rank + 1) * per_rank, flat.numel())
+    part = torch.zeros(per_rank, dtype=flat.dtype)
+    if lo < hi:
+        part[: hi - lo] = flat[lo:hi]
+    return part
 
 
 def load_universal(engine: Any, udir: Path, world: World) -> None:
@@ -122,7 +124,7 @@ def load_universal(engine: Any, udir: Path, world: World) -> None:
         raise BigtrainError(f"{udir}: the checkpoint has no parameter {missing[0]} (a different model?)")
 
     def read(name: str, key: str) -> torch.Tensor:
-        t = torch.load(udir / "zero" / name / f"{key}.pt", map_location="cpu", weights_only=False)["param"]
+        t = torch.load(udir / "zero" / name / f"{key}.pt", map_location="cpu", mmap=True, weights_only=False)["param"]
         return _partition(t, world.rank, world.size)
 
     opt.checkpoint_event_prologue()  # every parameter back to its partition, as DeepSpeed's own load does
