@@ -89,6 +89,16 @@ def test_finished_run_extended_on_fewer_ranks(plain: dict[str, Path]) -> None:
     assert state["finished"] and state["step"] == 8 and state["world_size"] == 1
 
 
+@pytest.mark.slow
+def test_another_global_batch_is_refused(demo_data: Path, cache: Path, plain: dict[str, Path], tmp_path: Path) -> None:
+    run = resume_copy(plain["up"], 4, tmp_path / "run")  # saved by 2 ranks with a global batch of 8
+    result = launch(args(demo_data, run, cache, 6, **{"train.global_batch_size": 4}), ranks=1, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "train.global_batch_size: " in result.stderr and "global batch of 8" in result.stderr
+    assert "set train.global_batch_size=8" in result.stderr
+    assert not (run / "checkpoints" / "step_4" / "universal").exists() and not (run / "metrics.jsonl").exists()
+
+
 def test_extension_recomputes_the_cosine_decay_for_the_new_length() -> None:
     cfg = TrainConfig(lr=1e-2, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3))], lr=cfg.lr)

@@ -121,7 +121,7 @@ def load_checkpoint(engine: Any, ckpt: Path, world: World) -> TrainState:
     if state.world_size != world.size:
         from bigtrain.train.reshard import convert_on_main, load_universal
 
-        udir, seconds = convert_on_main(ckpt, world)
+        udir, seconds = convert_on_main(ckpt, world, engine.train_batch_size())
         if world.is_main:
             how = f"converted in {seconds:.1f}s" if seconds else "converted earlier"
             print(

@@ -85,14 +85,29 @@ def convert(ckpt: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - start
 
 
-def convert_on_main(ckpt: Path, world: World) -> tuple[Path, float]:
-    """Rank 0 converts, the others wait; a failure on rank 0 stops every rank with its message."""
+def check_global_batch(ckpt: Path, batch: int, world: World) -> None:
+    """The data position is step x global batch: resuming with another global batch would skip or repeat data."""
+    files = sorted(ckpt.glob(MODEL_GLOB))
+    saved = (_load(files[0]).get("ds_config") or {}).get("train_batch_size") if files else None
+    if saved and saved != batch:
+        raise BigtrainError(
+            f"train.global_batch_size: {ckpt} was trained with a global batch of {saved}, this start on "
+            f"{world.size} ranks gives {batch}; set train.global_batch_size={saved} to resume"
+        )
+
+
+def convert_on_main(ckpt: Path, world: World, batch: int) -> tuple[Path, float]:
+    """Rank 0 checks the global batch (before writing anything) and converts, the others wait; a failure on
+    rank 0 (bad input, a full disk) stops every rank with its message instead of leaving them waiting."""
     result: Any = None
     if world.is_main:
         try:
+            check_global_batch(ckpt, batch, world)
             result = convert(ckpt)
         except BigtrainError as e:
             result = str(e)
+        except OSError as e:  # the original is untouched; the partial `.tmp-universal` is redone next time
+            result = f"{ckpt}: converting for {world.size} ranks failed ({e})"
     result = broadcast_object(result)
     if isinstance(result, str):
         raise BigtrainError(result)
