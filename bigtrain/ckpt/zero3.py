@@ -4,8 +4,9 @@ Layout (as `deepspeed/utils/zero_to_fp32.py` reconstructs it): every rank's
 `*_optim_states.pt` holds `optimizer_state_dict.fp32_flat_groups`, a list of flat fp32 tensors;
 concatenated, they are that rank's partition of every trainable parameter in the order of
 `param_shapes` (model-states file), each parameter taking ceil(numel / world_size) elements
-(the last rank's share zero-padded). Frozen parameters are stored per rank as
-`frozen_param_fragments` in the model-states files. Rank files are opened with `mmap=True` for
+(the last rank's share zero-padded). The Adam moments sit in the same files, as
+`optimizer_state_dict.optimizer_state_dict.state[i]` (`exp_avg`, `exp_avg_sq`), flat like the i-th
+group. Frozen parameters are stored per rank as `frozen_param_fragments` in the model-states files. Rank files are opened with `mmap=True` for
 each read and closed again, so neither the optimizer moments nor earlier parameters stay resident.
 """
 
@@ -21,6 +22,7 @@ from bigtrain.errors import BigtrainError
 
 OPTIM_GLOB = "*_optim_states.pt"
 MODEL_GLOB = "*_model_states.pt"
+FP32 = "fp32"
 
 
 def _natural(path: Path) -> list[object]:
@@ -88,19 +90,25 @@ class Zero3Checkpoint:
     def keys(self) -> list[str]:
         return list(self.shapes)
 
-    def read(self, name: str) -> torch.Tensor:
-        shape = self.shapes[self.aliases.get(name, name)]
-        return self.read_rows(name, 0, shape[0]).view(shape)
+    def is_frozen(self, name: str) -> bool:
+        return self.aliases.get(name, name) in self.frozen
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def read(self, name: str, key: str = FP32) -> torch.Tensor:
+        shape = self.shapes[self.aliases.get(name, name)]
+        return self.read_rows(name, 0, shape[0], key).view(shape)
+
+    def read_rows(self, name: str, start: int, stop: int, key: str = FP32) -> torch.Tensor:
         """Rows [start, stop): elements [start * cols, stop * cols) of the flattened parameter, taken
-        from the ranks whose partitions they fall in."""
+        from the ranks whose partitions they fall in. `key`: the fp32 master weights, or one of the
+        optimizer's per-parameter states (`exp_avg`, `exp_avg_sq`; trainable parameters only)."""
         name = self.aliases.get(name, name)
         shape = self.shapes[name]
         row = math.prod(shape[1:])
         stop = min(stop, shape[0])
         lo, hi = start * row, stop * row
         if name in self.frozen:
+            if key != FP32:
+                raise BigtrainError(f"{self.dir}: {name} is frozen and has no optimizer state {key!r}")
             parts = [_load(f)["frozen_param_fragments"][self.frozen[name]].clone() for f in self.model_files]
             return torch.cat(parts)[lo:hi].view(-1, *shape[1:]).float()
         per_rank = math.ceil(math.prod(shape) / self.world_size)
@@ -108,10 +116,21 @@ class Zero3Checkpoint:
         for r, f in enumerate(self.optim_files):
             a, b = max(lo, r * per_rank), min(hi, (r + 1) * per_rank)
             if a < b:
-                groups = _load(f)["optimizer_state_dict"]["fp32_flat_groups"]
+                groups = _flat_groups(_load(f)["optimizer_state_dict"], key, f)
                 start_in_rank = self.offsets[name] + a - r * per_rank
                 parts.append(_slice_groups(groups, self.group_sizes, start_in_rank, b - a, f))
         return torch.cat(parts).view(-1, *shape[1:])
+
+
+def _flat_groups(osd: dict, key: str, where: Path) -> list[torch.Tensor]:
+    """A rank's flat tensors for `key`, one per parameter group."""
+    if key == FP32:
+        return osd["fp32_flat_groups"]
+    state = osd["optimizer_state_dict"]["state"]
+    try:
+        return [state[i][key] for i in range(len(osd["fp32_flat_groups"]))]
+    except KeyError:
+        raise BigtrainError(f"{where}: no optimizer state {key!r} (saved before the first step?)") from None
 
 
 def _slice_groups(groups: list[torch.Tensor], sizes: list[int], start: int, n: int, where: Path) -> torch.Tensor:

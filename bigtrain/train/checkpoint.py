@@ -117,14 +117,34 @@ def save_checkpoint(
 
 
 def load_checkpoint(engine: Any, ckpt: Path, world: World) -> TrainState:
-    """Restore model, optimizer, LR schedule and (same world size only) RNG states from `ckpt`."""
+    """Restore model, optimizer, LR schedule and RNG states from `ckpt`. A checkpoint saved by another
+    number of ranks is converted once (`reshard.py`, next to it in `universal/`) and loaded from there;
+    rank-local RNG then restarts from `seed + step` on every rank (there is no rank to rank mapping)."""
+    state = read_state(ckpt)
+    if state.world_size != world.size:
+        from bigtrain.train.reshard import convert_on_main, load_universal
+
+        udir, seconds = convert_on_main(ckpt, world, engine.train_batch_size())
+        if world.is_main:
+            how = f"converted in {seconds:.1f}s" if seconds else "converted earlier"
+            print(
+                f"bigtrain: {ckpt} was saved by {state.world_size} ranks; resuming on {world.size} from {udir} ({how})"
+            )
+        load_universal(engine, udir, world)
+        reseed(state.seed + state.step)
+        return state
     path, _ = engine.load_checkpoint(
         str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt}")
-    state = read_state(ckpt)
     rng_file = ckpt / "rng" / f"rank_{world.rank}.pt"
-    if state.world_size == world.size and rng_file.is_file():
+    if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state
+
+
+def reseed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -38,7 +38,7 @@ from bigtrain.train.metrics import (
 )
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.preemption import PreemptionFlag
-from bigtrain.train.schedule import lr_multiplier
+from bigtrain.train.schedule import extension_note, lr_multiplier, recompute_lr
 from bigtrain.train.weights import initialize_weights, load_weights
 
 
@@ -82,7 +82,9 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     torch.manual_seed(t.seed)
     ckpt = newest_checkpoint(out / "checkpoints")
     saved = read_state(ckpt) if ckpt else None
-    if saved and saved.finished and (not t.export or (out / "hf" / "config.json").exists()):
+    total_steps = recipe.total_steps(world.size)
+    done = saved is not None and saved.finished and saved.step >= total_steps  # else: extend it
+    if done and (not t.export or (out / "hf" / "config.json").exists()):
         if world.is_main:
             print(f"bigtrain: {out} already finished at step {saved.step}; nothing to do")
         return {"status": "finished", "step": saved.step, "already_finished": True}
@@ -110,7 +112,6 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
 
         model = apply_step(model, recipe.step, recipe.init_from)
         block_transform = functools.partial(merge_block, scale=recipe.step.scale)
-    total_steps = recipe.total_steps(world.size)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model,
@@ -120,8 +121,15 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     )
 
     # --- resume ----------------------------------------------------------------------------------
+    resume_start = time.perf_counter()
     state = load_checkpoint(engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=t.seed)
+    resume_s = time.perf_counter() - resume_start  # incl. a conversion to another world size (reshard.py)
     state.world_size = world.size
+    if state.finished and state.step < total_steps:  # a finished run given more steps: continue it
+        state.finished = False
+        recompute_lr(engine.lr_scheduler)
+        if world.is_main:
+            print(extension_note(t, state.step, total_steps))
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -146,6 +154,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "gradient_accumulation_steps": accum,
         "total_steps": total_steps,
         "resumed_from": str(ckpt) if ckpt else None,
+        "resume_s": resume_s if ckpt else None,
         "init_from": recipe.init_from,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",

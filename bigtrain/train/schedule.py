@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from torch.optim.lr_scheduler import LambdaLR
+
 from bigtrain.config import TrainConfig
 
 
@@ -28,3 +30,24 @@ def lr_multiplier(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
         return 1.0 - (1 - floor) * min(1.0, (step - decay_start) / decay_steps)
 
     return at
+
+
+def extension_note(cfg: TrainConfig, done: int, total_steps: int) -> str:
+    """The log line of a finished run extended from `done` to `total_steps` steps. The schedule is a function
+    of the run's length, so a longer run has another one: cosine decays again over the new length, WSD
+    moves its decay to the new end (a checkpoint from before the decay continues as if planned that long)."""
+    lr = cfg.lr * lr_multiplier(cfg, total_steps)(done)
+    head = f"bigtrain: extending a finished run from step {done} to {total_steps}"
+    if cfg.schedule == "cosine":
+        return f"{head}; the cosine decay is recomputed for {total_steps} steps (LR {lr:.3g} at step {done})"
+    if cfg.schedule == "wsd":
+        return f"{head}; the WSD decay moves to the last {cfg.decay_fraction:g} of {total_steps} steps (LR {lr:.3g} at step {done})"
+    return f"{head} at the constant LR {lr:.3g}"
+
+
+def recompute_lr(scheduler: LambdaLR) -> None:
+    """Set each group's LR from the schedule at the scheduler's position. A resume restores the LR the old
+    schedule gave; after an extension the new length's schedule applies from the next step on."""
+    for group, base, at in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * at(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

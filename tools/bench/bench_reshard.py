@@ -1,0 +1,107 @@
+"""Resume on another world size: the time to convert a ZeRO-3 checkpoint (saved by 2 ranks) and load it on 1
+rank, against the time to load it normally on the 2 ranks that saved it. Measured in one run, with the
+real trainer (`tests/trainer_runs.launch`) on the demo data:
+
+    .venv/bin/python tools/bench/bench_reshard.py --work /tmp/bench_reshard                 # demo model
+    .venv/bin/python tools/bench/bench_reshard.py --work /tmp/bench_reshard --preset large  # ~0.3B model
+
+1. train 1 step on 2 ranks and save (a finished checkpoint with Adam state);
+2. rerun it with `max_steps=2` on 2 ranks (a normal load; the run is extended by one step);
+3. rerun a hard-linked copy of 1. with `max_steps=2` on 1 rank (conversion + load).
+`resume_s` in run.json is the time `load_checkpoint` took (conversion included); the conversion alone is
+what the trainer logs. The checkpoint's size on disk is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.trainer_runs import launch, tiny_overrides  # noqa: E402
+
+PRESETS: dict[str, dict[str, object]] = {
+    "demo": {},  # tiny_overrides' ~2M-parameter model
+    # ~0.33B: a 1B ZeRO-3 checkpoint with Adam state is ~16 GB and needs ~20 GB of RAM on one CPU rank
+    "large": {
+        "model.hidden_size": 1024,
+        "model.num_layers": 24,
+        "model.head_dim": 64,
+        "model.num_heads": 16,
+        "model.num_kv_heads": 4,
+        "model.intermediate_size": 2816,
+        "train.micro_batch_size": 1,
+        "train.global_batch_size": 2,
+    },
+    "1b": {
+        "model.hidden_size": 2048,
+        "model.num_layers": 16,
+        "model.head_dim": 128,
+        "model.num_heads": 16,
+        "model.num_kv_heads": 8,
+        "model.intermediate_size": 5632,
+        "train.micro_batch_size": 1,
+        "train.global_batch_size": 2,
+    },
+}
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="scratch directory (removed first)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    a = ap.parse_args()
+    shutil.rmtree(a.work, ignore_errors=True)
+    data = REPO / "data"
+    cache = a.work / "cache"
+
+    def overrides(out: Path, steps: int) -> list[str]:
+        extra = {"train.max_steps": steps, "train.warmup_steps": 0, "train.eval_every": 0, "train.export": False}
+        return tiny_overrides(data, out, cache, **{**extra, **PRESETS[a.preset]})
+
+    saved = a.work / "ranks2"
+    start = time.perf_counter()
+    launch(overrides(saved, 1), ranks=2)
+    train_s = time.perf_counter() - start
+    ckpt = saved / "checkpoints" / "step_1"
+    params = json.loads((saved / "run.json").read_text())["params_total"]
+    size = du(ckpt)
+    moved = a.work / "ranks1"
+    (moved / "checkpoints").mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(ckpt), str(moved / "checkpoints" / "step_1")], check=True)
+    (moved / "checkpoints" / "latest").write_text("step_1")
+
+    launch(overrides(saved, 2), ranks=2)
+    same = json.loads((saved / "run.json").read_text())["resume_s"]
+    log = launch(overrides(moved, 2), ranks=1).stdout
+    other = json.loads((moved / "run.json").read_text())["resume_s"]
+    m = re.search(r"converted in ([0-9.]+)s", log)
+    convert_s = float(m.group(1)) if m else float("nan")
+    result = {
+        "preset": a.preset,
+        "params": params,
+        "checkpoint_bytes": size,
+        "universal_bytes": du(moved / "checkpoints" / "step_1" / "universal"),
+        "first_run_s": round(train_s, 1),
+        "load_same_world_s": round(same, 2),
+        "convert_s": round(convert_s, 2),
+        "convert_and_load_s": round(other, 2),
+        "ratio": round(other / same, 2),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
