@@ -20,11 +20,17 @@ from bigtrain.train.loop import weight_decay_groups
 from bigtrain.train.weights import initialize_weights
 
 
-def one_step(world, tokens: torch.Tensor, zero_stage: int, loss: str) -> dict:
+def one_step(world, tokens: torch.Tensor, zero_stage: int, loss: str, template: str) -> dict:
     recipe = Recipe.model_validate(
         {
             "model": {"hidden_size": 64, "num_layers": 2, "head_dim": 16, "num_heads": 4, "num_kv_heads": 2},
-            "train": {"zero_stage": zero_stage, "loss": loss, "micro_batch_size": 1, "precision": "fp32"},
+            "train": {
+                "zero_stage": zero_stage,
+                "loss": loss,
+                "micro_batch_size": 1,
+                "precision": "fp32",
+                "ds_config": template,
+            },
         }
     )
     recipe.model.tie_embeddings = True
@@ -51,11 +57,13 @@ def one_step(world, tokens: torch.Tensor, zero_stage: int, loss: str) -> dict:
 
 
 def main() -> None:
-    tokens_file, out_file = sys.argv[-2], sys.argv[-1]
+    args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    tokens_file, out_file = args[0], args[1]
+    template = args[2] if len(args) > 2 else "zero3"  # a DeepSpeed JSON template (default: the built-in)
     world = init_distributed()
     tokens = torch.load(tokens_file)
-    fast = one_step(world, tokens, 3, "chunked")
-    plain = one_step(world, tokens, 0, "plain")
+    fast = one_step(world, tokens, 3, "chunked", template)
+    plain = one_step(world, tokens, 0, "plain", template)
     diffs = [
         (fast["grads"][n] - plain["grads"][n]).abs().max().item()
         for n in plain["grads"]
