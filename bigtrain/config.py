@@ -183,8 +183,16 @@ class TrainConfig(Section):
     seed: int = 1234
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     ds_config: str = "zero3"  # a name in ds_configs/ or a path to a DeepSpeed JSON
+    # auto: on CUDA, the fastest stage whose model states fit the device (0 > 1 > 2 > 3); on CPU, or with an
+    # offload/custom template, the template's stage. A number overrides the template's stage (docs/performance.md).
+    zero_stage: Literal["auto", 0, 1, 2, 3] = "auto"
+    kernels: Literal["auto", "liger", "torch"] = "auto"  # auto: liger on CUDA when installed, else torch
+    loss: Literal["auto", "fused", "chunked", "plain"] = "auto"  # auto: fused (liger) on CUDA, else chunked
+    compile: bool = False  # torch.compile each decoder layer's block
     activation_checkpointing: bool = False
-    log_every: int = 1
+    checkpoint_every_n_layers: int = 1  # with activation_checkpointing: every n-th layer is recomputed
+    log_every: int = 10
+    sync_every: int = 10  # host syncs (preemption check) every n steps, and on log steps
     eval_every: int = 0  # 0: only at the end
     eval_batches: int = 8
     save_every: int = 0  # 0: only at the end
@@ -195,7 +203,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _positive(self) -> TrainConfig:
-        for name in ("micro_batch_size", "log_every", "keep_last"):
+        for name in ("micro_batch_size", "log_every", "keep_last", "checkpoint_every_n_layers", "sync_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:

@@ -2,7 +2,9 @@
 
 Pre-norm blocks (RMSNorm), rotary position embeddings, grouped-query attention through
 transformers' attention functions (SDPA by default, flash-attention when installed), and a
-SwiGLU FFN whose width may differ per layer or be absent (attention-only layer).
+SwiGLU FFN whose width may differ per layer or be absent (attention-only layer). The elementwise kernels
+(RMSNorm, RoPE, SwiGLU) are PyTorch or liger-kernel's (`select_kernels`), and the training loss may be computed
+without materialising the logits (`select_loss`, see loss.py).
 
 Parameter names are LLaMA's, so a uniform model is a stock `LlamaForCausalLM` state dict.
 This file knows nothing of DeepSpeed, data or growth.
@@ -23,19 +25,20 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.kernels import TORCH_KERNELS, Kernels, get_kernels
+from bigtrain.model.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
+    kernels: Kernels = TORCH_KERNELS
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.kernels.rms_norm(x, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -55,17 +58,6 @@ class RotaryEmbedding(nn.Module):
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (batch, heads, seq, head_dim); cos/sin: (batch, seq, head_dim)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos + rotate_half(x) * sin
 
 
 def eager_attention(
@@ -94,6 +86,8 @@ def eager_attention(
 
 class Attention(nn.Module):
     """Grouped-query self-attention with this layer's own number of query and kv heads."""
+
+    kernels: Kernels = TORCH_KERNELS
 
     def __init__(self, config: BigTrainConfig, layer_idx: int) -> None:
         super().__init__()
@@ -124,7 +118,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.kernels.rotary(q, k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
@@ -142,6 +136,8 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    kernels: Kernels = TORCH_KERNELS
+
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
@@ -149,7 +145,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.kernels.silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(GradientCheckpointingLayer):
@@ -164,6 +160,17 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.mlp = SwiGLU(config.hidden_size, ffn) if ffn else None
 
     def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        # the math lives in `block` so torch.compile can wrap it inside the checkpointing wrapper of `forward`
+        return self.block(x, rope, attention_mask, past_key_values, **kwargs)
+
+    def block(
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
@@ -187,6 +194,13 @@ class BigTrainPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def select_kernels(self, name: str) -> None:
+        """`torch` or `liger` (resolved by the caller: see kernels.resolve_kernels)."""
+        kernels = get_kernels(name)
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Attention, SwiGLU)):
+                module.kernels = kernels
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -219,6 +233,9 @@ class BigTrainModel(BigTrainPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
+        # Given position ids may describe packed sequences, which the mask must follow; transformers finds out
+        # with a host-side `.all()` on every forward, so ours (one arange, never packed) are not passed.
+        mask_position_ids = position_ids
         if position_ids is None:
             start = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)[None] + start
@@ -227,7 +244,7 @@ class BigTrainModel(BigTrainPreTrainedModel):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
-            position_ids=position_ids,
+            position_ids=mask_position_ids,
         )
         x = inputs_embeds
         rope = self.rotary_emb(x, position_ids)
@@ -238,6 +255,12 @@ class BigTrainModel(BigTrainPreTrainedModel):
 
 class BigTrainForCausalLM(BigTrainPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # plain: logits, then cross-entropy; chunked/fused: the loss straight from the hidden states, no logits
+    # returned. Under ZeRO-3 the head weight is read outside lm_head's forward: register it as external.
+    loss_kind: str = "plain"
+
+    def select_loss(self, kind: str) -> None:
+        self.loss_kind = kind
 
     def __init__(self, config: BigTrainConfig) -> None:
         super().__init__(config)
@@ -273,6 +296,9 @@ class BigTrainForCausalLM(BigTrainPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = out.last_hidden_state
+        if labels is not None and self.loss_kind != "plain" and not logits_to_keep:
+            loss = linear_cross_entropy(hidden, self.lm_head.weight, labels, self.loss_kind)
+            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)

@@ -23,11 +23,12 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import palm_flops_per_token, train_flops_per_token
 from bigtrain.train import state_bytes
+from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, read_state, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
-from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
+from bigtrain.train.fast_path import plan_engine, prepare_model, resumed_zero_stage
 from bigtrain.train.metrics import (
     MetricsLogger,
     detect_peak,
@@ -96,7 +97,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     # --- model + engine -------------------------------------------------------------------------
     model_cfg = resolve_model_config(recipe, data.vocab_size)
     check_vocab(data.train.file, model_cfg.vocab_size)
-    ds_config = build_ds_config(recipe, world.size, model_cfg.hidden_size)
+    ds_config, zero_choice = plan_engine(recipe, world.size, model_cfg, resumed_zero_stage(out, ckpt is not None))
     zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
     with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero3):
         model = BigTrainForCausalLM(model_cfg)
@@ -105,13 +106,16 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     else:
         initialize_weights(model, t.seed, world.rank)
     if t.activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=t.checkpoint_every_n_layers
+        )
     block_transform = None
     if recipe.step is not None:  # a STEP stage: inherited layers frozen + LoRA, folded back at export
         from bigtrain.train.step_lora import apply_step, merge_block
 
         model = apply_step(model, recipe.step, recipe.init_from)
         block_transform = functools.partial(merge_block, scale=recipe.step.scale)
+    fast_path = prepare_model(model, recipe, zero3)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model,
@@ -159,6 +163,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
         "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
+        "zero_stage_reason": zero_choice["zero_stage_reason"],
+        **fast_path,
         "flops_per_token": flops_per_token,
         "flops_per_token_palm": flops_per_token_palm,
         "peak_tflops_per_device": peak_tflops,
@@ -172,6 +178,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     sampler = make_sampler(data.train, gbs, recipe.data.seed)
     for line in resume_notes(state.data, sampler, state.step * gbs) if world.is_main else []:
         print(f"bigtrain: {line}", flush=True)
+    batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
     interval_start, interval_steps = time.perf_counter(), 0
     status = "finished"
@@ -181,8 +188,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         for line in sampler.new_epochs(state.step) if world.is_main else []:
             print(f"bigtrain: step {state.step + 1}: {line}", flush=True)
         for micro_step in range(accum):
-            idx = sampler.micro_batch_indices(state.step, micro_step, world.rank, world.size, t.micro_batch_size)
-            batch = data.train.batch(idx).to(engine.device)
+            batch = batches.get(state.step, micro_step)
             loss = engine(input_ids=batch, labels=batch).loss
             engine.backward(loss)
             engine.step()
@@ -219,7 +225,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             record = {**(record or {"step": state.step}), **last_eval}
         if record:
             logger.log(record)
-        if preemption.any_rank_received(engine.device):
+        # a collective with a host read: every sync_every steps, and on steps that synced anyway (log/eval)
+        if (record or state.step % t.sync_every == 0) and preemption.any_rank_received(engine.device):
             save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
             status = "preempted"
             break

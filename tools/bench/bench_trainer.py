@@ -3,6 +3,10 @@ model, batch and sequence length, measured in one run. Reports median step time,
 
     .venv/bin/python tools/bench/bench_trainer.py                      # small CPU model
     .venv/bin/python tools/bench/bench_trainer.py --preset 1b --steps 30   # on a GPU: Llama-3.2-1B shape, bf16
+    .venv/bin/python tools/bench/bench_trainer.py --baseline train.loss=plain train.sync_every=1   # fast path vs not
+
+`--overrides` are added to bigtrain's run; `--baseline` runs bigtrain a second time with those overrides too
+(e.g. the fast path switched off) and reports the ratio of the two in the same run.
 
 The plain loop is what a person writes by hand: AdamW, forward, backward, clip, step, no ZeRO, on the
 same model class with random tokens. On a GPU it trains fp32 weights under torch.autocast(bf16); bigtrain
@@ -84,7 +88,9 @@ def plain_pytorch(preset: str, steps: int, warmup: int, vocab: int) -> list[floa
     return times
 
 
-def bigtrain_run(preset: str, steps: int, warmup: int, out: Path) -> tuple[list[float], dict]:
+def bigtrain_run(
+    preset: str, steps: int, warmup: int, out: Path, extra: list[str] | None = None
+) -> tuple[list[float], dict]:
     ps = PRESETS[preset]
     overrides = [
         f"output_dir={out}",
@@ -106,6 +112,7 @@ def bigtrain_run(preset: str, steps: int, warmup: int, out: Path) -> tuple[list[
         "train.progress=false",
         "data.eval_fraction=0.0",
         "data.eval_files=[]",
+        *(extra or []),
     ]
     cmd = [sys.executable, str(REPO / "bigtrain" / "train.py"), *overrides]
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -121,10 +128,15 @@ def main() -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--overrides", nargs="*", default=[], help="key=value for bigtrain's run")
+    p.add_argument("--baseline", nargs="*", default=None, help="also run bigtrain with these overrides added")
     args = p.parse_args()
     tokens_per_step = PRESETS[args.preset].micro_batch * PRESETS[args.preset].seq_len
     with tempfile.TemporaryDirectory() as tmp:
-        ours, info = bigtrain_run(args.preset, args.steps, args.warmup, Path(tmp) / "run")
+        ours, info = bigtrain_run(args.preset, args.steps, args.warmup, Path(tmp) / "run", args.overrides)
+        if args.baseline is not None:
+            extra = [*args.overrides, *args.baseline]
+            base, _ = bigtrain_run(args.preset, args.steps, args.warmup, Path(tmp) / "baseline", extra)
     plain = plain_pytorch(args.preset, args.steps, args.warmup, vocab=PRESETS[args.preset].vocab)
     t_ours, t_plain = statistics.median(ours), statistics.median(plain)
     result = {
@@ -143,6 +155,14 @@ def main() -> None:
             info["flops_per_token_palm"], tokens_per_step / t_ours, info["peak_tflops_per_device"], 1
         ),
     }
+    if args.baseline is not None:
+        t_base = statistics.median(base)
+        result.update(
+            baseline_overrides=args.baseline,
+            baseline_step_s=t_base,
+            baseline_tokens_per_s=tokens_per_step / t_base,
+            speedup_vs_baseline=t_base / t_ours,
+        )
     print(json.dumps(result, indent=2))
 
 

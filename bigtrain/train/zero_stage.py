@@ -1,0 +1,83 @@
+"""`train.zero_stage: auto`: the fastest ZeRO stage whose model states fit the device.
+
+DeepSpeed ranks speed 0 > 1 > 2 > 3: every stage above 0 adds communication, and stage 3 gathers every
+weight twice per step. On one GPU ZeRO partitions nothing, so a model that fits runs at stage 0. The
+model states per GPU (mixed precision, Adam; ZeRO paper, Rajbhandari et al. 2020) with N GPUs:
+stage 0: w + g + o, stage 1: w + g + o/N, stage 2: w + (g + o)/N, stage 3: (w + g + o)/N, per parameter,
+with w = g = 2 bytes (bf16) and o = 12 (fp32 master, exp_avg, exp_avg_sq), plus a 4-byte fp32 gradient
+accumulator at stage 0 under bf16 (DeepSpeed's BF16_Optimizer). A stage fits when its states take at most
+STATE_SHARE of the device memory; the rest is for activations, the logits slice and allocator slack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from bigtrain.config import Recipe
+from bigtrain.train.ds_config import load_template, resolve_precision
+
+STATE_SHARE = 0.5
+AUTO_TEMPLATES = ("zero3", "zero2")  # built-in templates whose stage `auto` may change
+
+
+def model_state_bytes(params: int, stage: int, world_size: int, precision: str) -> int:
+    w = 4 if precision == "fp32" else 2
+    g = w
+    o = 8 if precision == "fp32" else 12  # fp32 weights are their own master copy
+    n = world_size
+    per_param = {
+        0: w + g + o + (4 if precision == "bf16" else 0),
+        1: w + g + o / n,
+        2: w + (g + o) / n,
+        3: (w + g + o) / n,
+    }[stage]
+    return int(params * per_param)
+
+
+def device_memory_bytes() -> int | None:
+    return (
+        torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if torch.cuda.is_available()
+        else None
+    )
+
+
+def local_world_size(world_size: int) -> int | None:
+    """GPUs per node: the launcher's LOCAL_WORLD_SIZE, Slurm's tasks per node, else this node's GPU count."""
+    for var in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        m = re.match(r"\d+", os.environ.get(var, ""))
+        if m:
+            return int(m.group())
+    return min(world_size, torch.cuda.device_count()) if torch.cuda.is_available() else None
+
+
+def choose_zero_stage(
+    recipe: Recipe, world_size: int, params: int, device_bytes: int | None, resumed_stage: int | None = None
+) -> tuple[int, str]:
+    """(stage, why): what run.json records as zero_stage and zero_stage_reason."""
+    t = recipe.train
+    if t.zero_stage != "auto":
+        return int(t.zero_stage), f"train.zero_stage: {t.zero_stage}"
+    template = load_template(t.ds_config)
+    template_stage = int(template.get("zero_optimization", {}).get("stage", 0))
+    if resumed_stage is not None:
+        return resumed_stage, f"resumed: the checkpoint was saved at stage {resumed_stage}"
+    if t.ds_config not in AUTO_TEMPLATES:
+        return template_stage, f"train.ds_config {t.ds_config!r} sets stage {template_stage}"
+    if device_bytes is None:
+        return template_stage, f"no CUDA device: the {t.ds_config} template's stage {template_stage}"
+    precision = resolve_precision(recipe)
+    budget = STATE_SHARE * device_bytes
+    gib = 2**30
+    for stage in (0, 1, 2, 3):
+        need = model_state_bytes(params, stage, world_size, precision)
+        if need <= budget:
+            return stage, (
+                f"fastest stage whose model states fit: {need / gib:.1f} GiB per GPU at stage {stage} "
+                f"<= {STATE_SHARE:.0%} of {device_bytes / gib:.1f} GiB, {world_size} GPU(s)"
+            )
+    need = model_state_bytes(params, 3, world_size, precision)
+    return 3, f"model states need {need / gib:.1f} GiB per GPU even at stage 3 (of {device_bytes / gib:.1f} GiB)"
