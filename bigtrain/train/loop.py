@@ -23,7 +23,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import train_flops_per_token
 from bigtrain.train import state_bytes
-from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, read_state, save_checkpoint
+from bigtrain.train.checkpoint import TrainState, load_checkpoint, read_state, resume_checkpoint, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.evaluate import evaluate
@@ -73,7 +73,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     out = Path(recipe.output_dir)
     t = recipe.train
     torch.manual_seed(t.seed)
-    ckpt = newest_checkpoint(out / "checkpoints")
+    ckpt = resume_checkpoint(out / "checkpoints", world)  # the newest that verifies
     saved = read_state(ckpt) if ckpt else None
     if saved and saved.finished and (not t.export or (out / "hf" / "config.json").exists()):
         if world.is_main:
@@ -192,11 +192,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         if record:
             logger.log(record)
         if preemption.any_rank_received(engine.device):
-            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+            save_checkpoint(engine, out, state, model_cfg, world, t, can_retry=False)
             status = "preempted"
             break
         if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
-            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+            save_checkpoint(engine, out, state, model_cfg, world, t)
     bar.close()
 
     # --- end of stage ------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             logger.log({"step": state.step, **last_eval})
         state.finished = True
-        save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+        save_checkpoint(engine, out, state, model_cfg, world, t)
         if t.export:
             tokenizer_dir = out / "tokenizer" if (out / "tokenizer").exists() else None
             export_hf(engine.module, model_cfg, out / "hf", tokenizer_dir, world, transform=block_transform)
