@@ -197,6 +197,8 @@ class TrainConfig(Section):
     eval_batches: int = 8
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
+    save_failure: Literal["stop", "retry"] = "stop"  # a failed save: stop the run, or train on and retry next interval
+    checkpoint_checksums: bool = False  # SHA-256 of every file in the manifest (verified on resume; costs a read)
     export: bool = True
     peak_tflops: float | None = None  # per device, for MFU; None: by detected GPU
     progress: bool = True

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -436,4 +437,106 @@ def test_time_limit_signal_from_the_header_requeues(cluster: None, demo_data: Pa
         assert 1 <= int(re.fullmatch(r".*step_(\d+)", info["resumed_from"]).group(1)) < steps
     records = train_records(run)
     assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) for r in records)
+
+
+# --- lost ranks and nodes (issue 12) ------------------------------------------------------------------
+
+
+def test_elastic_nodes_and_max_restarts_in_the_script(tmp_path: Path, demo_data: Path) -> None:
+    recipe = two_stage_recipe(tmp_path)
+    out = submit_cli(str(recipe), "--nodes", "1-2", "--max-restarts", "5", "train.global_batch_size=8", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.count("#SBATCH --nodes=1-2\n") == 2
+        and "export BIGTRAIN_MAX_RESTARTS=${BIGTRAIN_MAX_RESTARTS:-5}" in out.stdout
+    )
+    # without a fixed global batch the batch would follow the node count: refused, one line
+    bad = submit_cli(str(recipe), "--nodes", "1-2", "--dry-run")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --nodes 1-2: stage 's1' needs train.global_batch_size")
+    assert (
+        submit_cli(str(recipe), "--nodes", "3-2", "--dry-run").stderr.strip()
+        == "error: --nodes 3-2: need 1 <= MIN <= MAX"
+    )
+
+
+def node_processes(job: str, node: str) -> tuple[int, int]:
+    """(rank pid, its slurmstepd pid) of `job`'s rank on `node` (the test cluster's nodes share this host)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+            cmd = (proc / "cmdline").read_text()
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and env.get("SLURMD_NODENAME") == node and "train.py" in cmd:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            return int(proc.name), ppid
+    raise AssertionError(f"no rank of job {job} on {node}")
+
+
+@pytest.mark.slurm
+def test_lost_node_requeues_and_resumes_when_it_returns(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+    """The second node dies mid-job (its slurmd, slurmstepd and rank SIGKILLed at once); the job says so,
+    requeues itself and, once the node is back, finishes from its last checkpoint with no step lost."""
+    run = tmp_path / "run"
+    steps, save_every = 16, 4
+    env = {**os.environ, "BIGTRAIN_SRUN_WAIT": "15"}  # how long srun waits for the dead node's rank
+    job = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--nodes=2",
+                f"--output={tmp_path}/%x-%j.out",
+                str(TRAIN_SBATCH),
+                "recipes/demo.yaml",
+                f"output_dir={run}",
+                f"train.max_steps={steps}",
+                *TINY,
+                f"train.save_every={save_every}",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
+    log = tmp_path / f"bigtrain-{job}.out"
+    deadline = time.monotonic() + 600
+    while not (run / "checkpoints" / f"step_{save_every}" / "manifest.json").exists():
+        assert time.monotonic() < deadline and "exited with code" not in read(log), f"no checkpoint; log:\n{read(log)}"
+        time.sleep(0.2)
+    node = "bt-node2" if "rank 1 of 2 on node bt-node2" in read(log) else "bt-node1"
+    slurmd_pid = Path(CLUSTER_CONF.parent / "run" / f"slurmd-{node}.pid")
+    rank_pid, stepd_pid = node_processes(job, node)
+    try:
+        for pid in (int(slurmd_pid.read_text()), stepd_pid, rank_pid):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while "bigtrain: lost rank" not in read(log):
+            assert time.monotonic() < deadline, f"no requeue after the node died; log:\n{read(log)}"
+            time.sleep(0.5)
+    finally:  # the node returns (and the cluster is left as it was found, for the other tests)
+        subprocess.run(["slurmd", "-f", str(CLUSTER_CONF), "-N", node], check=False)
+        time.sleep(2)
+        # its dead step would keep the node "completing": an admin's down/resume clears it
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=test_lost_node"], check=False)
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
+    wait_for(job, log, timeout=900)
+
+    text = read(log)
+    assert re.search(rf"bigtrain: lost rank \(exit \d+: .+\); requeueing job {job}, restart 1 of 3", text), text
+    assert f"bigtrain: job {job} restart 1 " in text, text
+    assert "bigtrain: trainer exited with code 0" in text, text
+    info = json.loads((run / "run.json").read_text())
+    saved = int(re.fullmatch(r".*step_(\d+)", info["resumed_from"] or "").group(1))
+    assert saved >= save_every and saved % save_every == 0
+    assert info["status"] == "finished" and info["step"] == steps
+    records = train_records(run)
+    assert [r["step"] for r in records] == list(range(1, steps + 1))  # resumed at the checkpoint: none lost
     assert all(math.isfinite(r["loss"]) for r in records)

@@ -3,8 +3,9 @@
 Accepted: an HF directory (`config.json` with `model_type` `llama` or `bigtrain`, safetensors sharded
 or not: a bigtrain export or a stock transformers checkpoint); a bigtrain run `output_dir` (its
 newest checkpoint, named by `checkpoints/latest`); a DeepSpeed ZeRO-3 save directory (with a
-`latest` file) or one of its tag directories, saved with any number of ranks. Every tensor the
-config implies is checked for presence and shape before anything is read.
+`latest` file) or one of its tag directories, saved with any number of ranks. A training checkpoint
+with a manifest must verify (files and sizes, checksums when recorded). Every tensor the config
+implies is checked for presence and shape before anything is read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig
 
+from bigtrain.ckpt.manifest import has_manifest, manifest_problem
 from bigtrain.ckpt.safetensors_reader import SafetensorsFile
 from bigtrain.ckpt.safetensors_writer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from bigtrain.ckpt.zero3 import Zero3Checkpoint, is_zero3_dir
@@ -168,6 +170,12 @@ def _latest_tag(save_dir: Path) -> Path:
 
 
 def _open_zero3(tag_dir: Path, user_path: Path, run_dir: Path | None) -> CheckpointSource:
+    # a bigtrain training checkpoint carries a manifest: refuse one that lost or cut a file since
+    # (one without, from an older bigtrain or plain DeepSpeed, is read as it is: the shard checks below)
+    if has_manifest(tag_dir):
+        problem = manifest_problem(tag_dir)
+        if problem:
+            raise BigtrainError(f"checkpoint {tag_dir.name} fails verification: {problem}")
     config_dirs = [tag_dir, tag_dir.parent] + ([run_dir / "hf", run_dir] if run_dir else [])
     cfg_dir = next((d for d in config_dirs if (d / "config.json").is_file()), None)
     if cfg_dir is None:

@@ -2,7 +2,9 @@
 every stage of a recipe to Slurm as its own job, chained with --dependency=afterok, and print the job ids.
 
 Stages already finished (their export exists) are skipped, so resubmitting a partly finished pipeline
-carries on. CPU-only nodes (--gpus-per-node 0) get one rank per node, GPU nodes one rank per GPU, unless
+carries on. `--nodes MIN-MAX` lets Slurm start a stage on fewer nodes (a resumed stage converts its
+checkpoint to the new number of ranks); a job whose rank or node is lost requeues itself up to
+--max-restarts times. CPU-only nodes (--gpus-per-node 0) get one rank per node, GPU nodes one rank per GPU, unless
 --ntasks-per-node says otherwise. The last line printed is the pipeline's job ids (submitted now or
 already queued), space-separated.
 """
@@ -13,12 +15,25 @@ import argparse
 from typing import NoReturn
 
 from bigtrain.cli.common import run_cli
+from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.slurm import Launch, SlurmResources, plan_jobs, submit_jobs
 
 
+def parse_nodes(text: str) -> tuple[int | None, int]:
+    """`N` -> (None, N); `MIN-MAX` -> (MIN, MAX)."""
+    low, sep, high = text.partition("-")
+    try:
+        return (int(low), int(high)) if sep else (None, int(low))
+    except ValueError:
+        raise BigtrainError(f"--nodes {text}: a number of nodes N, or a range MIN-MAX") from None
+
+
 def submit(args: argparse.Namespace) -> int:
+    min_nodes, nodes = parse_nodes(args.nodes)
     res = SlurmResources(
-        nodes=args.nodes,
+        nodes=nodes,
+        min_nodes=min_nodes,
+        max_restarts=args.max_restarts,
         gpus_per_node=args.gpus_per_node,
         ntasks_per_node=args.ntasks_per_node,
         cpus_per_task=args.cpus_per_task,
@@ -47,7 +62,17 @@ def main(argv: list[str] | None = None) -> NoReturn:
     p = argparse.ArgumentParser(prog="bigtrain-submit", description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="a recipe YAML (flat or with stages:)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (dotted recipe paths), for every stage")
-    p.add_argument("--nodes", type=int, default=1, help="nodes per stage job (default 1)")
+    p.add_argument(
+        "--nodes",
+        default="1",
+        help="nodes per stage job, N or MIN-MAX: Slurm may start it on as few as MIN (default 1)",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="requeues after a lost rank or node, per job (default 3; time-limit requeues not counted)",
+    )
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU-only nodes (default)")
     p.add_argument("--ntasks-per-node", type=int, default=None, help="ranks per node (default: GPUs, or 1)")
     p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per rank (default: the site's, often 1)")

@@ -31,7 +31,8 @@ COMMENT_PREFIX = "bigtrain:"
 class SlurmResources:
     """What each stage job asks Slurm for."""
 
-    nodes: int = 1
+    nodes: int = 1  # the most nodes a stage job runs on
+    min_nodes: int | None = None  # fewer Slurm may start it on (`--nodes MIN-MAX`); None: exactly `nodes`
     gpus_per_node: int = 0
     ntasks_per_node: int | None = None  # ranks per node; None: one per GPU, or one per CPU-only node
     cpus_per_task: int | None = None  # CPUs per rank; None: the site's default (often 1)
@@ -39,11 +40,16 @@ class SlurmResources:
     time: str | None = None  # Slurm's formats, e.g. "2-00:00:00"
     account: str | None = None
     signal_margin_s: int = 300  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    max_restarts: int = 3  # requeues after a lost rank or node (time-limit requeues are not counted)
     sbatch_args: tuple[str, ...] = ()  # anything else, passed through verbatim (e.g. "--exclusive")
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
             raise BigtrainError(f"--nodes {self.nodes}: must be >= 1")
+        if self.min_nodes is not None and not 1 <= self.min_nodes <= self.nodes:
+            raise BigtrainError(f"--nodes {self.min_nodes}-{self.nodes}: need 1 <= MIN <= MAX")
+        if self.max_restarts < 0:
+            raise BigtrainError(f"--max-restarts {self.max_restarts}: must be >= 0")
         if self.gpus_per_node < 0:
             raise BigtrainError(f"--gpus-per-node {self.gpus_per_node}: must be >= 0")
         if self.ntasks_per_node is not None and self.ntasks_per_node < 1:
@@ -52,6 +58,10 @@ class SlurmResources:
             raise BigtrainError(f"--cpus-per-task {self.cpus_per_task}: must be >= 1")
         if self.signal_margin_s < 0:
             raise BigtrainError(f"--signal-margin {self.signal_margin_s}: must be >= 0 seconds")
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes is not None and self.min_nodes < self.nodes
 
     @property
     def ranks_per_node(self) -> int:
@@ -93,7 +103,7 @@ def sbatch_directives(res: SlurmResources, job_name: str, comment: str, log_dir:
     opts = [
         f"--job-name={job_name}",
         f"--comment={comment}",
-        f"--nodes={res.nodes}",
+        f"--nodes={res.min_nodes}-{res.nodes}" if res.elastic else f"--nodes={res.nodes}",
         f"--ntasks-per-node={res.ranks_per_node}",
     ]
     if res.gpus_per_node:
@@ -142,6 +152,7 @@ def render_stage_script(
         "set -euo pipefail",
         f"export BIGTRAIN_HOME={shlex.quote(str(launch.home))}",
         f"export BIGTRAIN_PYTHON=${{BIGTRAIN_PYTHON:-{shlex.quote(launch.python)}}}",
+        f"export BIGTRAIN_MAX_RESTARTS=${{BIGTRAIN_MAX_RESTARTS:-{res.max_restarts}}}",
     ]
     if not staged:
         lines.append(f"exec bash {shlex.quote(str(train_sbatch))} {_quote([str(recipe_path), *overrides])}")
@@ -231,6 +242,11 @@ def plan_jobs(
         done = all(st.finished for st in stages)
         jobs.append(StageJob("data", name, comment, done, script, log_dir / f"{name}.sbatch"))
     for stage in stages:
+        if res.elastic and stage.recipe.train.global_batch_size is None:
+            raise BigtrainError(
+                f"--nodes {res.min_nodes}-{res.nodes}: stage {stage.name!r} needs train.global_batch_size "
+                "(else its batch, and so its run, changes with the number of nodes Slurm gives it)"
+            )
         stage_out = (launch.workdir / stage.output_dir).resolve()
         job_name = f"{path.stem}.{stage.name}" if staged else path.stem
         comment = f"{COMMENT_PREFIX}{stage_out}"

@@ -1,10 +1,12 @@
 """Training checkpoints: DeepSpeed shards + bigtrain's client state, written atomically.
 
 Layout: `output_dir/checkpoints/step_<N>/` holds DeepSpeed's files (every rank's ZeRO shards), the
-model `config.json`, `rng/rank_<r>.pt` and, written last, `bigtrain_state.json`. A save goes to a
-hidden `.tmp-step_<N>` directory that is renamed once every rank has finished, and `latest` moves
-after that; a crash at any point leaves the previous checkpoint usable. Only directories holding
-`bigtrain_state.json` count as checkpoints.
+model `config.json`, `rng/rank_<r>.pt`, `bigtrain_state.json` and, written last, `manifest.json`
+(files and sizes, checksums with `train.checkpoint_checksums`). A save goes to a hidden
+`.tmp-step_<N>` directory that is renamed once every rank has finished and the manifest checks out,
+`latest` moves after that, and old checkpoints are pruned only then; a crash or a failed write at any
+point leaves the previous checkpoint usable. Only directories holding `bigtrain_state.json` count as
+checkpoints, and resume takes the newest that verifies (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ import os
 import random
 import re
 import shutil
+import sys
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from bigtrain.ckpt.atomic import write_text_atomic
-from bigtrain.train.distributed import World, barrier
+from bigtrain.ckpt.manifest import MANIFEST, has_manifest, manifest_problem, write_manifest
+from bigtrain.config import TrainConfig
+from bigtrain.errors import BigtrainError
+from bigtrain.train.distributed import World, barrier, broadcast_object
 
 STATE_FILE = "bigtrain_state.json"
 LATEST = "latest"
@@ -59,11 +68,6 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def newest_checkpoint(root: Path) -> Path | None:
-    done = list_checkpoints(root)
-    return done[-1][1] if done else None
-
-
 def read_state(ckpt: Path) -> TrainState:
     return TrainState(**json.loads((ckpt / STATE_FILE).read_text()))
 
@@ -87,33 +91,203 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def checkpoint_problem(ckpt: Path, checksums: bool = True) -> str | None:
+    """None when `ckpt` verifies, else one line naming the file that does not: the state file must parse,
+    every file in the manifest must be there with its size (and checksum, when recorded and `checksums`),
+    and every torch file must open (its zip directory is at the end: a cut-off file has none). A
+    checkpoint without a manifest (saved before manifests existed) is checked for its state file and one
+    non-empty optimizer shard per rank only."""
+    state_file = ckpt / STATE_FILE
+    try:
+        state = read_state(ckpt)
+    except (OSError, ValueError, TypeError) as e:
+        return f"{state_file}: unreadable ({type(e).__name__}: {e})"
+    if has_manifest(ckpt):
+        problem = manifest_problem(ckpt, checksums)
+        if problem:
+            return problem
+    else:
+        shards = sorted(ckpt.glob("*_optim_states.pt"))
+        if len(shards) < state.world_size:
+            return f"{ckpt}: {len(shards)} *_optim_states.pt files for {state.world_size} ranks (a shard is missing)"
+    for f in sorted(ckpt.glob("*.pt")) + sorted((ckpt / "rng").glob("*.pt")):
+        try:
+            with zipfile.ZipFile(f):
+                pass
+        except (OSError, zipfile.BadZipFile) as e:
+            return f"{f}: not a readable torch file ({e})"
+    return None
+
+
+def newest_checkpoint(root: Path, report: Callable[[str], None] | None = None, checksums: bool = True) -> Path | None:
+    """The newest checkpoint that verifies. Each newer one that does not is reported (one line naming the
+    file) and left where it is, for inspection; checkpoints that exist but none verifies are an error,
+    not a silent start from scratch."""
+    done = list_checkpoints(root)
+    skipped = []
+    for _, ckpt in reversed(done):
+        problem = checkpoint_problem(ckpt, checksums)
+        if problem is None:
+            for line in skipped:
+                _say(report, f"bigtrain: checkpoint {line}; resuming from {ckpt.name} instead")
+            if not has_manifest(ckpt):
+                _say(
+                    report,
+                    f"bigtrain: warning: {ckpt} has no {MANIFEST} (saved by an older bigtrain); using it unverified",
+                )
+            return ckpt
+        skipped.append(f"{ckpt.name} fails verification: {problem}")
+    if done:
+        raise BigtrainError(
+            f"no checkpoint in {root} verifies (newest: {skipped[0]}); repair it, or move the checkpoints away to start over"
+        )
+    return None
+
+
+def resume_checkpoint(root: Path, world: World) -> Path | None:
+    """`newest_checkpoint`, decided on rank 0 (which reports) and broadcast, so every rank resumes from
+    the same one and a checksummed checkpoint is hashed once."""
+    if not dist.is_initialized():
+        return newest_checkpoint(root, print)
+    found: object = None
+    if world.is_main:
+        try:
+            found = newest_checkpoint(root, print)
+        except BigtrainError as e:
+            found = e
+    found = broadcast_object(found)
+    if isinstance(found, BigtrainError):
+        raise BigtrainError(str(found))
+    return found
+
+
+def _say(report: Callable[[str], None] | None, line: str) -> None:
+    if report:
+        report(line)
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
+    """Delete checkpoints older than the `keep_last` newest that verify (sizes, no checksums). One that
+    fails verification is never deleted: it is reported at resume and kept for inspection."""
+    good = [d for _, d in list_checkpoints(root) if checkpoint_problem(d, checksums=False) is None]
+    removed = []
+    for old in good[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def _set_aside(ckpt: Path) -> Path:
+    """Move a checkpoint that fails verification out of the way of a new save of the same step."""
+    for i in range(1000):
+        aside = ckpt.with_name(f"{ckpt.name}.failed-verification" + (f".{i}" if i else ""))
+        if not aside.exists():
+            os.replace(ckpt, aside)
+            return aside
+    raise BigtrainError(f"{ckpt}: too many failed copies next to it; clean up {ckpt.parent}")
+
+
+def _describe(e: BaseException, where: Path) -> str:
+    """One line for a failed write. torch reports a full disk as an opaque RuntimeError ("unexpected pos
+    576 vs 534"), so the free space of the filesystem is what tells."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}{': ' + str(e.filename) if e.filename else ''}"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return f"write failed: {text}"
+    if free < 1 << 20:
+        return f"No space left on device: {where} ({free >> 10} KiB free; torch: {text})"
+    return f"write failed: {text} ({free >> 20} MiB free on {where})"
+
+
+def _all_errors(error: str | None) -> list[str]:
+    if not dist.is_initialized():
+        return [error] if error else []
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    return [e for e in gathered if e]
+
+
 def save_checkpoint(
-    engine: Any, output_dir: str | Path, state: TrainState, model_config: Any, world: World, keep_last: int
-) -> Path:
+    engine: Any,
+    output_dir: str | Path,
+    state: TrainState,
+    model_config: Any,
+    world: World,
+    train: TrainConfig,
+    can_retry: bool = True,
+) -> Path | None:
+    """Save `state` as `checkpoints/step_<N>`: every rank writes into `.tmp-step_<N>`, rank 0 adds the
+    config, state and (last) the manifest, checks it, renames the directory into place, moves `latest`
+    and only then prunes. A failed save (no space, an I/O error on any rank) removes the partial copy
+    and leaves the previous checkpoint and `latest` as they were; then `train.save_failure` decides:
+    `stop` raises one line, `retry` warns, returns None and the next interval tries again (the final
+    save and a save on a signal always stop, nothing comes after them)."""
     root = checkpoint_root(output_dir)
     tag = f"step_{state.step}"
     tmp_tag = f".tmp-{tag}"
     tmp = root / tmp_tag
+    final = root / tag
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of an earlier crash mid-save
         root.mkdir(parents=True, exist_ok=True)
     barrier()
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"bigtrain": asdict(state)}, save_latest=False)
-    (tmp / "rng").mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), tmp / "rng" / f"rank_{world.rank}.pt")
-    barrier()
-    final = root / tag
+    error = None
+    in_deepspeed = True
+    try:
+        engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"bigtrain": asdict(state)}, save_latest=False)
+        in_deepspeed = False
+        (tmp / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / "rng" / f"rank_{world.rank}.pt")
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        error = f"rank {world.rank}: {_describe(e, root)}"
+        if in_deepspeed:
+            # DeepSpeed's writes come after all its collectives but two, which a failed write skips: ZeRO-3's
+            # re-gather of persistent parameters and the closing barrier. Meet the ranks that did write there.
+            if hasattr(engine.optimizer, "checkpoint_event_epilogue"):
+                engine.optimizer.checkpoint_event_epilogue()
+            barrier()
+    errors = _all_errors(error)
+    outcome = errors[0] if errors else None
     if world.is_main:
-        model_config.save_pretrained(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_text_atomic(root / LATEST, tag)
-        for _, old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+        if outcome is None:
+            try:
+                model_config.save_pretrained(tmp)
+                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+                write_manifest(tmp, checksums=train.checkpoint_checksums)
+                problem = checkpoint_problem(tmp, checksums=False)
+                if problem:
+                    raise OSError(problem)
+                if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+                    if checkpoint_problem(final, checksums=False) is None:
+                        shutil.rmtree(final)
+                    else:
+                        print(f"bigtrain: {final} fails verification; moved to {_set_aside(final).name}")
+                os.replace(tmp, final)
+                write_text_atomic(root / LATEST, tag)
+            except (OSError, RuntimeError) as e:
+                outcome = f"rank 0: {_describe(e, root)}"
+        if outcome is None:
+            prune_checkpoints(root, train.keep_last)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # free the space; the previous checkpoint stays
+    outcome = broadcast_object(outcome) if dist.is_initialized() else outcome
+    if outcome is None:
+        return final
+    try:
+        previous = newest_checkpoint(root, checksums=False)
+    except BigtrainError:
+        previous = None
+    kept = f"{previous} is intact and still the newest" if previous else "there is no earlier checkpoint"
+    message = f"checkpoint {final} not saved ({outcome}); {kept}"
+    if train.save_failure == "retry" and can_retry and not state.finished:
+        if world.is_main:
+            nxt = state.step + train.save_every if train.save_every else "the end"
+            print(f"bigtrain: warning: {message}; training on, next try at step {nxt}", file=sys.stderr, flush=True)
+        return None
+    raise BigtrainError(message)
 
 
 def load_checkpoint(engine: Any, ckpt: Path, world: World) -> TrainState:

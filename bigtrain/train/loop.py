@@ -24,7 +24,7 @@ from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import palm_flops_per_token, train_flops_per_token
 from bigtrain.train import state_bytes
 from bigtrain.train.batches import DeviceBatches
-from bigtrain.train.checkpoint import TrainState, load_checkpoint, newest_checkpoint, read_state, save_checkpoint
+from bigtrain.train.checkpoint import TrainState, load_checkpoint, read_state, resume_checkpoint, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
@@ -81,7 +81,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     out = Path(recipe.output_dir)
     t = recipe.train
     torch.manual_seed(t.seed)
-    ckpt = newest_checkpoint(out / "checkpoints")
+    ckpt = resume_checkpoint(out / "checkpoints", world)  # the newest that verifies
     saved = read_state(ckpt) if ckpt else None
     total_steps = recipe.total_steps(world.size)
     done = saved is not None and saved.finished and saved.step >= total_steps  # else: extend it
@@ -227,11 +227,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             logger.log(record)
         # a collective with a host read: every sync_every steps, and on steps that synced anyway (log/eval)
         if (record or state.step % t.sync_every == 0) and preemption.any_rank_received(engine.device):
-            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+            save_checkpoint(engine, out, state, model_cfg, world, t, can_retry=False)
             status = "preempted"
             break
         if t.save_every and state.step % t.save_every == 0 and state.step < total_steps:
-            save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+            save_checkpoint(engine, out, state, model_cfg, world, t)
     bar.close()
 
     # --- end of stage ------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             logger.log({"step": state.step, **last_eval})
         state.finished = True
-        save_checkpoint(engine, out, state, model_cfg, world, t.keep_last)
+        save_checkpoint(engine, out, state, model_cfg, world, t)
         if t.export:
             tokenizer_dir = out / "tokenizer" if (out / "tokenizer").exists() else None
             export_hf(engine.module, model_cfg, out / "hf", tokenizer_dir, world, transform=block_transform)
