@@ -166,6 +166,15 @@ class DataConfig(Section):
         return self
 
 
+class DownstreamConfig(Section):
+    """lm-eval tasks scored on rank 0 from the current weights every `every` steps (bigtrain/evaluation/)."""
+
+    every: int = Field(ge=1)
+    tasks: list[str] = Field(min_length=1)
+    limit: int | None = Field(default=None, ge=1)  # items per task (None: all)
+    batch_size: int = Field(default=8, ge=1)
+
+
 class TrainConfig(Section):
     max_steps: int | None = None
     tokens: float | None = None  # alternative to max_steps: train on this many tokens
@@ -202,6 +211,7 @@ class TrainConfig(Section):
     export: bool = True
     peak_tflops: float | None = None  # per device, for MFU; None: by detected GPU
     progress: bool = True
+    downstream: DownstreamConfig | None = None  # optional lm-eval scores during training (the [eval] extra)
 
     @model_validator(mode="after")
     def _positive(self) -> TrainConfig:

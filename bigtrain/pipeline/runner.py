@@ -8,6 +8,7 @@ continues at the stage and step where it stopped.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from bigtrain.config import dump_recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.stages import Stage
 from bigtrain.train.distributed import free_port
+from bigtrain.train.summary import pipeline_summary
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -100,6 +102,10 @@ def run_stages(stages: list[Stage], nproc: int | None = None, log: bool = True) 
     """Run every unfinished stage in order; returns the trainer's exit code of a stage that did not finish
     (2 bad input, 3 preempted: rerun to resume), else 0."""
     nproc = nproc or detected_devices()
+    if len(stages) > 1:  # the stage order, for bigtrain-report
+        root = stages[0].output_dir.parent
+        root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(root / "pipeline.json", json.dumps({"stages": [s.name for s in stages]}) + "\n")
     for st in stages:
         if st.finished:
             if log:
@@ -114,4 +120,7 @@ def run_stages(stages: list[Stage], nproc: int | None = None, log: bool = True) 
             return rc
         if st.recipe.train.export and not st.finished:
             raise BigtrainError(f"stage {st.name!r}: training exited cleanly but wrote no export at {st.export_dir}")
+    if log and stages:
+        root = stages[0].output_dir if len(stages) == 1 else stages[0].output_dir.parent
+        print("\n".join(pipeline_summary(root, [(s.name, s.output_dir) for s in stages])), flush=True)
     return 0

@@ -20,6 +20,9 @@ from bigtrain.data.dataset import RunData, prepare_run_data
 from bigtrain.data.prepare import check_vocab
 from bigtrain.data.sampler import make_sampler, resume_notes, tokens_by_source
 from bigtrain.errors import BigtrainError
+from bigtrain.evaluation.downstream import require_lm_eval
+from bigtrain.evaluation.in_training import downstream_scores
+from bigtrain.evaluation.in_training import due as downstream_due
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import palm_flops_per_token, train_flops_per_token
 from bigtrain.train import state_bytes
@@ -40,6 +43,7 @@ from bigtrain.train.metrics import (
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.preemption import PreemptionFlag
 from bigtrain.train.schedule import extension_note, lr_multiplier, recompute_lr
+from bigtrain.train.summary import print_stage_summary
 from bigtrain.train.weights import initialize_weights, load_weights
 
 
@@ -76,11 +80,14 @@ def numel(p: torch.nn.Parameter) -> int:
 def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag | None = None) -> dict[str, Any]:
     """Run one stage in this process group (started here if needed); returns what run.json records.
     `preemption`: a flag installed earlier by the caller (default: installed now)."""
+    started = time.perf_counter()
     preemption = preemption or PreemptionFlag()
     world = world or init_distributed()
     out = Path(recipe.output_dir)
     t = recipe.train
     torch.manual_seed(t.seed)
+    if t.downstream:
+        require_lm_eval()  # before anything is written
     ckpt = resume_checkpoint(out / "checkpoints", world)  # the newest that verifies
     saved = read_state(ckpt) if ckpt else None
     total_steps = recipe.total_steps(world.size)
@@ -223,6 +230,11 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         if data.eval is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             record = {**(record or {"step": state.step}), **last_eval}
+        if downstream_due(t.downstream, state.step, total_steps):
+            scores = downstream_scores(
+                engine.module, model_cfg, out, state.step, world, t.downstream, recipe.data.tokenizer, block_transform
+            )
+            record = {**(record or {"step": state.step}), **scores}
         if record:
             logger.log(record)
         # a collective with a host read: every sync_every steps, and on steps that synced anyway (log/eval)
@@ -249,11 +261,13 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         step=state.step,
         tokens=state.tokens,
         final_eval=last_eval,
+        wall_time_s=time.perf_counter() - started,
         memory=state_bytes.per_rank(engine, optimizer)
         | {"peak_bytes": peak_memory_bytes(), "peak_reserved_bytes": peak_reserved_bytes()},
     )
     if world.is_main:
         write_run_info(out / "run.json", run_info)
+        print_stage_summary(out, run_info)
     logger.close()
     barrier()
     return run_info

@@ -1,0 +1,1 @@
+"""`bigtrain-report`: read runs back, plot them, tabulate them against a baseline."""

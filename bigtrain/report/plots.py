@@ -1,0 +1,124 @@
+"""The report's figures (matplotlib, Agg): one colour per run, growth points as dotted lines, units on axes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bigtrain.report.runs import Point, Run
+
+# x axes of the loss plots: (file stem, Point attribute, axis label, log-x)
+LOSS_AXES = (
+    ("loss_vs_tokens", "tokens", "training tokens", True),
+    ("loss_vs_flops", "flops", "training FLOPs (from run.json flops_per_token x tokens)", True),
+    ("loss_vs_wall", "wall_s", "training wall time (s, logged step times)", False),
+)
+GROWTH_INDEX = {"tokens": 1, "flops": 2, "wall_s": 3}
+
+
+def colours(n: int) -> list[str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def _xy(points: list[Point], axis: str) -> tuple[list[float], list[float]]:
+    return [getattr(p, axis) for p in points], [p.value for p in points]
+
+
+def _growth_lines(ax: plt.Axes, run: Run, axis: str, colour: str) -> None:
+    for i, point in enumerate(run.growth_points):
+        ax.axvline(
+            point[GROWTH_INDEX[axis]], color=colour, linestyle=":", linewidth=1.2, label="growth" if i == 0 else None
+        )
+
+
+def loss_plot(runs: list[Run], axis: str, label: str, log_x: bool, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for run, colour in zip(runs, colours(len(runs))):
+        x, y = _xy(run.train, axis)
+        if x:
+            ax.plot(x, y, color=colour, alpha=0.35, linewidth=1.0)
+        x, y = _xy(run.eval, axis)
+        if x:
+            ax.plot(x, y, color=colour, marker="o", markersize=3.5, linewidth=1.8, label=f"{run.name} (held-out)")
+        else:
+            ax.plot([], [], color=colour, label=f"{run.name} (no eval points)")
+        _growth_lines(ax, run, axis, colour)
+    if log_x and any(getattr(p, axis) > 0 for r in runs for p in r.train):
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("held-out loss (markers) and training loss (faint)")
+    ax.grid(True, alpha=0.3, which="both")
+    _dedup_legend(ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def lr_plot(runs: list[Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    for run, colour in zip(runs, colours(len(runs))):
+        x, y = _xy(run.lr, "tokens")
+        ax.plot(x, y, color=colour, linewidth=1.5, label=run.name)
+        _growth_lines(ax, run, "tokens", colour)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("learning rate")
+    ax.set_title("learning rate")
+    ax.grid(True, alpha=0.3)
+    _dedup_legend(ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def stages_plot(runs: list[Run], path: Path) -> None:
+    """Peak memory and trainable parameters per stage (a plain run is one stage)."""
+    labels, memory, trainable, bar_colours = [], [], [], []
+    for run, colour in zip(runs, colours(len(runs))):
+        for part in run.parts:
+            labels.append(run.name if not run.staged else f"{run.name}/{part.name}")
+            memory.append((part.info.get("memory", {}).get("peak_bytes") or 0) / 2**20)
+            trainable.append((part.info.get("params_trainable") or 0) / 1e6)
+            bar_colours.append(colour)
+    fig, (ax_mem, ax_par) = plt.subplots(1, 2, figsize=(11, max(3.0, 0.35 * len(labels) + 1.5)), dpi=110)
+    ys = list(range(len(labels)))
+    ax_mem.barh(ys, memory, color=bar_colours)
+    ax_mem.set_yticks(ys, labels)
+    ax_mem.invert_yaxis()
+    ax_mem.set_xlabel("peak memory per rank (MiB; CPU: peak RSS, GPU: max allocated)")
+    ax_par.barh(ys, trainable, color=bar_colours)
+    ax_par.set_yticks(ys, [])
+    ax_par.invert_yaxis()
+    ax_par.set_xlabel("trainable parameters (millions)")
+    for ax in (ax_mem, ax_par):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("per stage: peak memory and trainable parameters")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _dedup_legend(ax: plt.Axes) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    seen: dict[str, object] = {}
+    for h, lab in zip(handles, labels):
+        seen.setdefault(lab, h)
+    if seen:
+        ax.legend(list(seen.values()), list(seen.keys()), fontsize=8)
+
+
+def write_plots(runs: list[Run], out: Path) -> list[Path]:
+    paths = []
+    for stem, axis, label, log_x in LOSS_AXES:
+        paths.append(out / f"{stem}.png")
+        loss_plot(runs, axis, label, log_x, paths[-1])
+    paths.append(out / "lr.png")
+    lr_plot(runs, paths[-1])
+    paths.append(out / "stages.png")
+    stages_plot(runs, paths[-1])
+    return paths

@@ -1,0 +1,177 @@
+"""Reading runs back: a plain run directory, or a `bigtrain-run` root whose stages are stitched into one curve.
+
+A plain run is a directory with `run.json` and `metrics.jsonl` (what `bigtrain/train/loop.py` writes). A
+staged run is a directory whose stage subdirectories are plain runs; their order is the one `bigtrain-run`
+recorded in `pipeline.json`, else the order the runner prepared them in (`stage.yaml` times). Tokens,
+training FLOPs (each stage's `flops_per_token` x its tokens) and training wall time (the logged step times)
+accumulate from the first stage, so a staged run reads as one curve with its growth points marked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigtrain.errors import BigtrainError
+
+PIPELINE_FILE = "pipeline.json"
+
+
+@dataclass
+class StagePart:
+    """One trained run: its run.json record and its metrics, offset by the stages before it."""
+
+    name: str
+    path: Path
+    info: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    tokens_before: float = 0.0
+    flops_before: float = 0.0
+    wall_before: float = 0.0
+
+    @property
+    def flops_per_token(self) -> float:
+        return float(self.info.get("flops_per_token") or 0.0)
+
+    @property
+    def tokens(self) -> float:
+        return float(self.info.get("tokens") or 0.0)
+
+    @property
+    def wall_s(self) -> float:
+        """Training wall time: the logged mean step time over each logging interval (evals excluded)."""
+        total, prev = 0.0, 0
+        for m in self.metrics:
+            if "step_time_s" in m:
+                total += m["step_time_s"] * (m["step"] - prev)
+                prev = m["step"]
+        return total
+
+
+@dataclass
+class Point:
+    step: int
+    tokens: float
+    flops: float
+    wall_s: float
+    value: float
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    parts: list[StagePart]
+    train: list[Point] = field(default_factory=list)  # training loss
+    eval: list[Point] = field(default_factory=list)  # held-out loss
+    lr: list[Point] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return len(self.parts) > 1 or self.parts[0].path != self.path
+
+    @property
+    def growth_points(self) -> list[tuple[str, float, float, float]]:
+        """(stage name, tokens, FLOPs, wall seconds) where each stage after the first starts."""
+        return [(p.name, p.tokens_before, p.flops_before, p.wall_before) for p in self.parts[1:]]
+
+    @property
+    def tokens(self) -> float:
+        last = self.parts[-1]
+        return last.tokens_before + last.tokens
+
+    @property
+    def flops(self) -> float:
+        last = self.parts[-1]
+        return last.flops_before + last.tokens * last.flops_per_token
+
+    @property
+    def wall_s(self) -> float:
+        last = self.parts[-1]
+        return last.wall_before + last.wall_s
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        final = self.parts[-1].info.get("final_eval") or {}
+        if "eval_loss" in final:
+            return float(final["eval_loss"])
+        return self.eval[-1].value if self.eval else None
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        peaks = [p.info.get("memory", {}).get("peak_bytes") for p in self.parts]
+        known = [int(b) for b in peaks if b is not None]
+        return max(known) if known else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_part(name: str, path: Path) -> StagePart:
+    info_path = path / "run.json"
+    if not info_path.is_file():
+        raise BigtrainError(f"{path}: no run.json (not a bigtrain run, or it never started)")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BigtrainError(f"{info_path}: not valid JSON ({e.msg}, line {e.lineno})") from e
+    return StagePart(name=name, path=path, info=info, metrics=read_metrics(path / "metrics.jsonl"))
+
+
+def stage_order(root: Path) -> list[str]:
+    """Stage names of a `bigtrain-run` root in run order."""
+    recorded = root / PIPELINE_FILE
+    if recorded.is_file():
+        names = json.loads(recorded.read_text())["stages"]
+        return [n for n in names if (root / n / "run.json").is_file()]
+    dirs = [d for d in root.iterdir() if d.is_dir() and (d / "run.json").is_file()]
+
+    def prepared_at(d: Path) -> float:
+        marker = d / "stage.yaml"
+        return (marker if marker.exists() else d / "run.json").stat().st_mtime
+
+    return [d.name for d in sorted(dirs, key=prepared_at)]
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    root = Path(path)
+    if not root.is_dir():
+        raise BigtrainError(f"{root}: no such run directory")
+    if (root / "run.json").is_file():
+        parts = [read_part(root.name, root)]
+    else:
+        names = stage_order(root)
+        if not names:
+            raise BigtrainError(f"{root}: neither a run (run.json) nor a staged run (stage directories with run.json)")
+        parts = [read_part(n, root / n) for n in names]
+    run = Run(name=name or root.name, path=root, parts=parts)
+    tokens = flops = wall = 0.0
+    for part in parts:
+        part.tokens_before, part.flops_before, part.wall_before = tokens, flops, wall
+        prev_step, prev_tokens, elapsed = 0, 0.0, 0.0
+        for m in part.metrics:
+            step = int(m["step"])
+            # tokens at this step: logged with the training record; an eval-only record (the final eval)
+            # repeats the step of the record before it
+            t = float(m["tokens"]) if "tokens" in m else prev_tokens
+            if "step_time_s" in m:
+                elapsed += m["step_time_s"] * (step - prev_step)
+                prev_step = step
+            at = dict(step=step, tokens=tokens + t, flops=flops + t * part.flops_per_token, wall_s=wall + elapsed)
+            if "loss" in m and math.isfinite(m["loss"]):
+                run.train.append(Point(**at, value=float(m["loss"])))
+            if "lr" in m:
+                run.lr.append(Point(**at, value=float(m["lr"])))
+            if "eval_loss" in m:
+                run.eval.append(Point(**at, value=float(m["eval_loss"])))
+            prev_tokens = t
+        tokens += part.tokens
+        flops += part.tokens * part.flops_per_token
+        wall += part.wall_s
+    return run

@@ -1,0 +1,210 @@
+"""`report.json` and `report.md`: per run, the final numbers; against the baseline, the cost of reaching its loss.
+
+Every number is read or derived from the runs' files (`run.json`, `metrics.jsonl`, `eval/downstream.json`).
+Runs whose names differ only by a trailing `-seed<N>` are also summarised as one arm (mean, min, max).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bigtrain.report.runs import Run
+from bigtrain.report.target import cost_to_reach, saving
+
+SEED_SUFFIX = re.compile(r"-seed\d+$")
+DOWNSTREAM_FILE = Path("eval") / "downstream.json"
+
+
+def read_downstream(run: Run) -> dict[str, float]:
+    """Scores `bigtrain-eval` wrote into the run (the last stage's for a staged run)."""
+    for d in (run.path, run.parts[-1].path):
+        path = d / DOWNSTREAM_FILE
+        if path.is_file():
+            return {k: float(v) for k, v in json.loads(path.read_text()).get("scores", {}).items()}
+    return {}
+
+
+def run_entry(run: Run) -> dict[str, Any]:
+    final = run.final_eval_loss
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        "staged": run.staged,
+        "final_eval_loss": final,
+        "final_eval_ppl": math.exp(min(final, 50.0)) if final is not None else None,
+        "eval_points": len(run.eval),
+        "tokens": run.tokens,
+        "flops": run.flops,
+        "wall_s": run.wall_s,
+        "peak_memory_bytes": run.peak_memory_bytes,
+        "stages": [
+            {
+                "name": p.name,
+                "tokens": p.tokens,
+                "flops": p.tokens * p.flops_per_token,
+                "wall_s": p.wall_s,
+                "start_tokens": p.tokens_before,
+                "start_flops": p.flops_before,
+                "params_total": p.info.get("params_total"),
+                "params_trainable": p.info.get("params_trainable"),
+                "peak_memory_bytes": p.info.get("memory", {}).get("peak_bytes"),
+                "final_eval_loss": (p.info.get("final_eval") or {}).get("eval_loss"),
+            }
+            for p in run.parts
+        ],
+        "downstream": read_downstream(run),
+    }
+
+
+def against_baseline(run: Run, baseline: Run) -> dict[str, Any]:
+    target = baseline.final_eval_loss
+    if target is None or not baseline.eval:
+        return {"target_loss": None, "note": f"baseline {baseline.name} has no eval points"}
+    if not run.eval:
+        return {"target_loss": target, "note": f"{run.name} has no eval points"}
+
+    def cost(r: Run, axis: str) -> float | None:
+        return cost_to_reach([getattr(p, axis) for p in r.eval], [p.value for p in r.eval], target)
+
+    tokens, flops = cost(run, "tokens"), cost(run, "flops")
+    base_tokens, base_flops = cost(baseline, "tokens"), cost(baseline, "flops")
+    return {
+        "target_loss": target,
+        "tokens_to_target": tokens,
+        "flops_to_target": flops,
+        "baseline_tokens_to_target": base_tokens,
+        "baseline_flops_to_target": base_flops,
+        "token_saving_pct": saving(tokens, base_tokens),
+        "flops_saving_pct": saving(flops, base_flops),
+        "note": None if tokens is not None else "does not reach the baseline's final held-out loss",
+    }
+
+
+def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seeds of one arm (`NAME-seed<N>`) summarised: mean, min and max of the final loss and savings."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault(SEED_SUFFIX.sub("", e["name"]), []).append(e)
+    out = []
+    for arm, members in groups.items():
+        if len(members) < 2:
+            continue
+        row: dict[str, Any] = {"arm": arm, "seeds": len(members), "runs": [m["name"] for m in members]}
+        for key, get in (
+            ("final_eval_loss", lambda m: m["final_eval_loss"]),
+            ("flops_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("flops_saving_pct")),
+            ("token_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("token_saving_pct")),
+        ):
+            values = [v for m in members if (v := get(m)) is not None]
+            row[key] = (
+                {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+                if values
+                else None
+            )
+        out.append(row)
+    return out
+
+
+def build_report(runs: list[Run], baseline: Run | None) -> dict[str, Any]:
+    entries = []
+    for run in runs:
+        entry = run_entry(run)
+        if baseline is not None:
+            entry["vs_baseline"] = against_baseline(run, baseline)
+        entries.append(entry)
+    return {
+        "baseline": baseline.name if baseline is not None else None,
+        "runs": entries,
+        "arms": arm_groups(entries),
+    }
+
+
+def _num(v: float | None, fmt: str = ".4f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _mib(b: int | None) -> str:
+    return "—" if b is None else f"{b / 2**20:.0f}"
+
+
+def _spread(s: dict[str, float] | None, fmt: str) -> str:
+    if not s:
+        return "—"
+    return f"{format(s['mean'], fmt)} [{format(s['min'], fmt)}, {format(s['max'], fmt)}]"
+
+
+def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
+    lines = ["# bigtrain report", ""]
+    if report["baseline"]:
+        lines += [f"Baseline: **{report['baseline']}**. Target: its final held-out loss.", ""]
+    lines += [
+        "| run | final held-out loss | ppl | eval points | tokens | FLOPs | wall (s) | peak mem (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in report["runs"]:
+        loss = _num(e["final_eval_loss"]) if e["final_eval_loss"] is not None else "no eval points"
+        lines.append(
+            f"| {e['name']} | {loss} | {_num(e['final_eval_ppl'], '.2f')} | {e['eval_points']} | {e['tokens']:.4g} | "
+            f"{e['flops']:.4g} | {e['wall_s']:.0f} | {_mib(e['peak_memory_bytes'])} |"
+        )
+    if report["baseline"]:
+        lines += [
+            "",
+            "To reach the baseline's final held-out loss (interpolated on each eval curve):",
+            "",
+            "| run | target loss | tokens | FLOPs | token saving % | FLOPs saving % |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in report["runs"]:
+            v = e["vs_baseline"]
+            if v.get("target_loss") is None or "tokens_to_target" not in v:
+                lines.append(f"| {e['name']} | {_num(v.get('target_loss'))} | {v['note']} | | | |")
+                continue
+            if v["tokens_to_target"] is None:
+                lines.append(f"| {e['name']} | {_num(v['target_loss'])} | not reached | not reached | — | — |")
+                continue
+            lines.append(
+                f"| {e['name']} | {_num(v['target_loss'])} | {v['tokens_to_target']:.4g} | {v['flops_to_target']:.4g} | "
+                f"{_num(v['token_saving_pct'], '+.1f')} | {_num(v['flops_saving_pct'], '+.1f')} |"
+            )
+    staged = [e for e in report["runs"] if len(e["stages"]) > 1]
+    if staged:
+        lines += [
+            "",
+            "Per stage:",
+            "",
+            "| run / stage | starts at tokens | tokens | FLOPs | trainable params | peak mem (MiB) | held-out loss |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for e in staged:
+            for s in e["stages"]:
+                lines.append(
+                    f"| {e['name']} / {s['name']} | {s['start_tokens']:.4g} | {s['tokens']:.4g} | {s['flops']:.4g} | "
+                    f"{s['params_trainable'] or 0:,} | {_mib(s['peak_memory_bytes'])} | {_num(s['final_eval_loss'])} |"
+                )
+    if report["arms"]:
+        lines += [
+            "",
+            "Arms over seeds (mean [min, max]):",
+            "",
+            "| arm | seeds | final held-out loss | FLOPs saving % | token saving % |",
+            "|---|---|---|---|---|",
+        ]
+        for a in report["arms"]:
+            lines.append(
+                f"| {a['arm']} | {a['seeds']} | {_spread(a['final_eval_loss'], '.4f')} | "
+                f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} |"
+            )
+    tasks = sorted({t for e in report["runs"] for t in e["downstream"]})
+    if tasks:
+        lines += ["", "Downstream (`bigtrain-eval`, accuracy):", "", "| run | " + " | ".join(tasks) + " |"]
+        lines.append("|---|" + "---|" * len(tasks))
+        for e in report["runs"]:
+            lines.append(f"| {e['name']} | " + " | ".join(_num(e["downstream"].get(t), ".3f") for t in tasks) + " |")
+    lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in plots], ""]
+    return "\n".join(lines)

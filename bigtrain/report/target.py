@@ -1,0 +1,27 @@
+"""What it costs a run to reach a target loss: the G_stack paper's "speedup" read off an eval curve."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def cost_to_reach(costs: Sequence[float], losses: Sequence[float], target: float) -> float | None:
+    """The cost (tokens, FLOPs, ...) at which the curve `(costs[i], losses[i])` first reaches `target`,
+    interpolated linearly between the two eval points around the crossing; None when it never does.
+    A curve already at or below `target` at its first point costs that point's value."""
+    if len(costs) != len(losses):
+        raise ValueError("costs and losses differ in length")
+    for i, (cost, loss) in enumerate(zip(costs, losses)):
+        if loss <= target:
+            if i == 0:
+                return float(cost)
+            c0, l0 = costs[i - 1], losses[i - 1]
+            return float(c0 + (l0 - target) / (l0 - loss) * (cost - c0))
+    return None
+
+
+def saving(run_cost: float | None, baseline_cost: float | None) -> float | None:
+    """Percent of the baseline's cost a run saves (negative: it costs more); None when either is unknown."""
+    if run_cost is None or not baseline_cost:
+        return None
+    return 100.0 * (1.0 - run_cost / baseline_cost)

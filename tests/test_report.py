@@ -1,0 +1,223 @@
+"""bigtrain-report and the end-of-run summary, on real short runs: two plain runs and one staged run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bigtrain.report.runs import load_run
+from bigtrain.report.target import cost_to_reach, saving
+from tests.trainer_runs import REPO, launch, tiny_overrides
+
+PLOTS = ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall.png", "lr.png", "stages.png")
+
+STAGED_RECIPE = """
+output_dir: unused
+model: {hidden_size: 64, num_layers: 1, head_dim: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 128, tie_embeddings: true}
+data:
+  train_files: [{train}/macbeth_gut.txt, {train}/othello_gut.txt, {train}/lear_gut.txt]
+  tokenizer: {tokenizer}
+  cache_dir: {cache}
+  seq_len: 64
+  eval_fraction: 0.02
+train: {{max_steps: 4, micro_batch_size: 2, global_batch_size: 8, lr: 3.0e-3, warmup_steps: 1, eval_every: 2, eval_batches: 2, log_every: 1, progress: false}}
+stages:
+  - name: small
+  - name: stacked
+    grow: {{op: stack, layers: 2}}
+"""
+
+
+def cli(module: str, *args: object, check: bool = True) -> subprocess.CompletedProcess:
+    env_cmd = [sys.executable, "-m", module, *map(str, args)]
+    result = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{module} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("report")
+    cache = root / "cache"
+    base = launch(tiny_overrides(demo_data, root / "base", cache), ranks=2)
+    other = launch(
+        tiny_overrides(demo_data, root / "other", cache, **{"train.lr": 1e-3, "train.max_steps": 6}), ranks=1
+    )
+    recipe = root / "staged.yaml"
+    train = demo_data / "shakespeare" / "train"
+    recipe.write_text(STAGED_RECIPE.format(train=train, tokenizer=demo_data / "tokenizer", cache=cache))
+    staged = cli("bigtrain.cli.run", recipe, "--nproc", "1", f"output_dir={root / 'staged'}")
+    return {"root": root, "base": base, "other": other, "staged": staged}
+
+
+def run_info(path: Path) -> dict:
+    return json.loads((path / "run.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_run_ends_with_its_summary(runs: dict) -> None:
+    root: Path = runs["root"]
+    info = run_info(root / "base")
+    tail = runs["base"].stdout.strip().splitlines()[-8:]
+    text = "\n".join(tail)
+    assert f"[bigtrain] run finished at step 8: {root / 'base'}" in text
+    loss = info["final_eval"]["eval_loss"]
+    assert f"held-out loss {loss:.4f}, perplexity {math.exp(loss):.2f}" in text
+    assert f"tokens {info['tokens']:,}" in text
+    assert f"export   {root / 'base' / 'hf'}" in text
+    assert f"metrics  {root / 'base' / 'metrics.jsonl'}" in text
+    assert f"tensorboard --logdir {root / 'base' / 'tb'}" in text
+    assert f"bigtrain-report {root / 'base'} --out {root / 'base' / 'report'}" in text
+    assert info["wall_time_s"] > 0
+
+
+@pytest.mark.slow
+def test_bigtrain_run_ends_with_every_stage_and_the_total(runs: dict) -> None:
+    root: Path = runs["root"] / "staged"
+    out = runs["staged"].stdout
+    assert out.count("[bigtrain] run finished at step 4") == 2  # each stage's own summary
+    summary = out[out.index("[bigtrain-run] summary") :]
+    infos = [run_info(root / name) for name in ("small", "stacked")]
+    for name, info in zip(("small", "stacked"), infos):
+        line = next(x for x in summary.splitlines() if x.strip().startswith(name))
+        assert f"held-out loss {info['final_eval']['eval_loss']:.4f}" in line
+    assert f"tokens {sum(i['tokens'] for i in infos):,}" in summary
+    assert f"bigtrain-report {root} --out {root / 'report'}" in summary
+    assert json.loads((root / "pipeline.json").read_text()) == {"stages": ["small", "stacked"]}
+
+
+@pytest.mark.slow
+def test_report_on_plain_and_staged_runs(runs: dict) -> None:
+    root: Path = runs["root"]
+    out = root / "rep"
+    cli("bigtrain.cli.report", root / "other", root / "staged", "--baseline", root / "base", "--out", out)
+    for name in PLOTS:
+        with Image.open(out / name) as img:
+            img.load()  # decodes
+            assert img.size[0] >= 600 and img.size[1] >= 300
+    report = json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert report["baseline"] == "base"
+    by_name = {e["name"]: e for e in report["runs"]}
+    assert set(by_name) == {"base", "other", "staged"}
+    for name in ("base", "other"):
+        info, entry = run_info(root / name), by_name[name]
+        assert entry["final_eval_loss"] == info["final_eval"]["eval_loss"]
+        assert entry["tokens"] == info["tokens"]
+        assert entry["flops"] == info["tokens"] * info["flops_per_token"]
+        assert entry["peak_memory_bytes"] == info["memory"]["peak_bytes"]
+        assert f"| {name} | {info['final_eval']['eval_loss']:.4f} |" in md
+    # the staged run: one curve from the first stage on, the growth point where the second starts
+    small, stacked = run_info(root / "staged" / "small"), run_info(root / "staged" / "stacked")
+    entry = by_name["staged"]
+    assert entry["final_eval_loss"] == stacked["final_eval"]["eval_loss"]
+    assert entry["tokens"] == small["tokens"] + stacked["tokens"]
+    assert entry["flops"] == small["tokens"] * small["flops_per_token"] + stacked["tokens"] * stacked["flops_per_token"]
+    assert [s["name"] for s in entry["stages"]] == ["small", "stacked"]
+    assert entry["stages"][1]["start_tokens"] == small["tokens"]
+    assert [s["params_trainable"] for s in entry["stages"]] == [small["params_trainable"], stacked["params_trainable"]]
+    run = load_run(root / "staged")
+    assert run.growth_points[0][:2] == ("stacked", small["tokens"])
+    assert [p.tokens for p in run.eval][-1] == entry["tokens"]
+    # against the baseline: its own cost to reach its final loss is on its curve, saving 0
+    base = by_name["base"]["vs_baseline"]
+    assert base["token_saving_pct"] == 0.0 and base["target_loss"] == run_info(root / "base")["final_eval"]["eval_loss"]
+    assert "Per stage:" in md and "| staged / stacked |" in md
+
+
+def write_run(path: Path, eval_curve: list[tuple[int, float]], flops_per_token: float, tokens_per_step: int) -> None:
+    path.mkdir(parents=True)
+    lines = []
+    for step, loss in eval_curve:
+        t = step * tokens_per_step
+        lines.append({"step": step, "loss": loss + 0.1, "lr": 1e-3, "tokens": t, "step_time_s": 0.5})
+        lines.append({"step": step, "eval_loss": loss, "eval_ppl": math.exp(loss)})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    last_step = eval_curve[-1][0] if eval_curve else 10
+    final = {"eval_loss": eval_curve[-1][1]} if eval_curve else {}
+    info = {"tokens": last_step * tokens_per_step, "flops_per_token": flops_per_token, "final_eval": final}
+    (path / "run.json").write_text(json.dumps({**info, "memory": {"peak_bytes": 2**20}, "params_trainable": 10}))
+
+
+def test_tokens_to_target_is_exact_on_a_constructed_curve(tmp_path: Path) -> None:
+    assert cost_to_reach([100, 200, 300], [5.0, 4.0, 3.0], 3.5) == 250.0
+    assert cost_to_reach([100, 200], [5.0, 4.0], 5.5) == 100.0
+    assert cost_to_reach([100, 200], [5.0, 4.0], 3.0) is None
+    assert saving(75.0, 100.0) == 25.0
+    # baseline: 4.0 at step 40 (its final loss); the grown run crosses 4.0 halfway between steps 20 and 30
+    write_run(
+        tmp_path / "base", [(10, 6.0), (20, 5.0), (30, 4.5), (40, 4.0)], flops_per_token=10.0, tokens_per_step=100
+    )
+    write_run(
+        tmp_path / "grown", [(10, 5.0), (20, 4.5), (30, 3.5), (40, 3.0)], flops_per_token=8.0, tokens_per_step=100
+    )
+    write_run(tmp_path / "silent", [], flops_per_token=8.0, tokens_per_step=100)
+    out = tmp_path / "rep"
+    cli("bigtrain.cli.report", tmp_path / "grown", tmp_path / "silent", "--baseline", tmp_path / "base", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    grown = next(e for e in report["runs"] if e["name"] == "grown")["vs_baseline"]
+    assert grown["tokens_to_target"] == 2500.0 and grown["baseline_tokens_to_target"] == 4000.0
+    assert grown["flops_to_target"] == 2500.0 * 8.0 and grown["baseline_flops_to_target"] == 4000.0 * 10.0
+    assert grown["token_saving_pct"] == pytest.approx(37.5) and grown["flops_saving_pct"] == pytest.approx(50.0)
+    silent = next(e for e in report["runs"] if e["name"] == "silent")
+    assert silent["final_eval_loss"] is None and silent["vs_baseline"]["note"] == "silent has no eval points"
+    md = (out / "report.md").read_text()
+    assert "| silent | no eval points |" in md
+    assert "| grown | 4.0000 | 2500 | 2e+04 | +37.5 | +50.0 |" in md
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = cli("bigtrain.cli.report", tmp_path / "empty", "--out", tmp_path / "rep", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'empty'}: neither a run (run.json) nor a staged run (stage directories with run.json)"
+    ]
+    assert not (tmp_path / "rep").exists()
+
+
+EXPERIMENTS = REPO / "recipes" / "experiments"
+EXPERIMENT_RECIPES = sorted(EXPERIMENTS.glob("*/*/*.yaml"))
+
+
+def arms(name: str) -> list[str]:
+    lines = (EXPERIMENTS / name / "arms.txt").read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("recipe", EXPERIMENT_RECIPES, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_each_experiment_recipe_loads_and_plans(recipe: Path) -> None:
+    from bigtrain.config import load_recipe
+    from bigtrain.pipeline.planner import format_plan, plan_recipe
+
+    loaded = load_recipe(recipe)
+    plan = plan_recipe(loaded, 1 if recipe.parent.name == "cpu" else 8, None, None, None, source=str(recipe))
+    assert format_plan(plan)
+    assert len(plan.stages) == len(loaded.stages or [None])
+
+
+def test_every_experiment_has_both_sizes_of_each_arm_and_a_baseline() -> None:
+    names = sorted(p.name for p in EXPERIMENTS.iterdir() if p.is_dir())
+    assert names == ["family", "ffn-middle", "gstack", "step", "width"]
+    for name in names:
+        for size in ("cpu", "gpu"):
+            assert sorted(p.stem for p in (EXPERIMENTS / name / size).glob("*.yaml")) == sorted(arms(name)), name
+        lines = [x for x in (EXPERIMENTS / name / "arms.txt").read_text().splitlines() if not x.startswith("#")]
+        assert sum(x.split()[1:2] == ["baseline"] for x in lines) == 1, name
+
+
+def test_run_sh_refuses_an_unknown_experiment() -> None:
+    result = subprocess.run(
+        ["bash", "tools/experiments/run.sh", "nope"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: recipes/experiments/nope/arms.txt: no such experiment")

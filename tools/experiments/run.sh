@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Run the arms of a paired experiment, then `bigtrain-report` on them.
+#
+#   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR]
+#
+# NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
+# the arms in run order (`ARM [baseline] [once]`: `once` runs seed 1 only, e.g. a shared starting point), and
+# <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed (train.seed=1..N) into
+# <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
+# goes to <out> (default <runs>/report). Environment: NICE (default 5) for the training processes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+usage() { sed -n 4p "$0" | sed 's/^# *//' >&2; exit 2; }
+[ $# -ge 1 ] || usage
+NAME=$1; shift
+SEEDS=1 SIZE=cpu NPROC=1 RUNS="" OUT=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --nproc) NPROC=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) usage ;;
+  esac
+done
+DIR=recipes/experiments/$NAME
+if [ ! -f "$DIR/arms.txt" ]; then
+  echo "error: $DIR/arms.txt: no such experiment (known: $(ls recipes/experiments | tr '\n' ' '))" >&2
+  exit 2
+fi
+[ "$SIZE" = cpu ] || [ "$SIZE" = gpu ] || { echo "error: --size $SIZE: cpu or gpu" >&2; exit 2; }
+RUNS=${RUNS:-runs/experiments/$NAME$([ "$SIZE" = gpu ] && echo -gpu || true)}
+OUT=${OUT:-$RUNS/report}
+BIN=${BIGTRAIN_BIN:-.venv/bin}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+
+runs=() baseline=""
+while read -r arm rest; do
+  [ -n "$arm" ] && [ "${arm:0:1}" != "#" ] || continue
+  recipe=$DIR/$SIZE/$arm.yaml
+  [ -f "$recipe" ] || { echo "error: $recipe: no such arm recipe (listed in $DIR/arms.txt)" >&2; exit 2; }
+  is_baseline=0 seeds=$SEEDS
+  for word in $rest; do
+    case $word in
+      baseline) is_baseline=1 ;;
+      once) seeds=1 ;;
+      *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, once)" >&2; exit 2 ;;
+    esac
+  done
+  for seed in $(seq 1 "$seeds"); do
+    out=$RUNS/$arm-seed$seed
+    echo "[run.sh] $NAME/$arm seed $seed -> $out"
+    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" output_dir="$out" train.seed="$seed"
+    runs+=("$out")
+    [ $is_baseline = 1 ] && [ -z "$baseline" ] && baseline=$out
+  done
+done < "$DIR/arms.txt"
+
+"$BIN/bigtrain-report" "${runs[@]}" ${baseline:+--baseline "$baseline"} --out "$OUT"
