@@ -17,7 +17,7 @@ Runners (each in its own process, one after another):
 Same inputs: one `LlamaForCausalLM` initialised once (seed 0, std 0.02) and saved; every runner starts
 from those weights (bigtrain through `init_from`), so the first losses agree to rounding and later ones
 within the precision's noise (checked: `loss_check`). Batches are the trainer's own: real Shakespeare
-through bigtrain's tokeniser and token file, global batch k = `GlobalBatchSampler` batch k, split into
+through bigtrain's tokeniser and token store, global batch k = `GlobalBatchSampler` batch k, split into
 micro batches in the trainer's order. AdamW lr / betas / eps / weight decay / clip 1.0, constant LR.
 
 Step time: wall time between consecutive step ends, each end synchronised (the step's loss read back);
@@ -120,7 +120,7 @@ def make_tokens(ps: Preset, path: Path) -> None:
     from bigtrain.data.prepare import prepare_token_dir
     from bigtrain.data.tokenizer import load_tokenizer
 
-    if (path / "meta.json").exists():
+    if (path / "index.json").exists():  # a finished token store (bigtrain/data/store.py)
         return
     path.mkdir(parents=True, exist_ok=True)
     cfg = DataConfig(
@@ -135,10 +135,10 @@ def make_tokens(ps: Preset, path: Path) -> None:
 def step_batches(spec: dict[str, Any], step: int) -> list[Any]:
     """The micro batches of global batch `step`, exactly as bigtrain's loop draws them on one rank."""
     from bigtrain.data.sampler import GlobalBatchSampler
-    from bigtrain.data.token_file import TokenFile
+    from bigtrain.data.store import open_tokens
 
     seq, micro, gbs = spec["seq_len"], spec["micro_batch"], spec["global_batch"]
-    file = TokenFile(spec["tokens"])
+    file = open_tokens(spec["tokens"])
     sampler = GlobalBatchSampler(file.num_sequences(seq), gbs, spec["data_seed"])
     import numpy as np
     import torch
