@@ -19,7 +19,7 @@ PLOTS = ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall.png", "lr.png"
 
 STAGED_RECIPE = """
 output_dir: unused
-model: {hidden_size: 64, num_layers: 1, head_dim: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 128, tie_embeddings: true}
+model: {{hidden_size: 64, num_layers: 1, head_dim: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 128, tie_embeddings: true}}
 data:
   train_files: [{train}/macbeth_gut.txt, {train}/othello_gut.txt, {train}/lear_gut.txt]
   tokenizer: {tokenizer}
