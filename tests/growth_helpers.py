@@ -27,6 +27,20 @@ def tiny_config(**over: object) -> BigTrainConfig:
     return BigTrainConfig(**base)
 
 
+def llama_3_2_1b_config() -> BigTrainConfig:
+    """The Llama-3.2-1B shape (1,235,814,400 parameters), the speed target of issue 11."""
+    return BigTrainConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        head_dim=64,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        tie_word_embeddings=True,
+    )
+
+
 def heterogeneous_config(**over: object) -> BigTrainConfig:
     """Per-layer FFN sizes, an attention-only layer, per-layer head counts."""
     return tiny_config(

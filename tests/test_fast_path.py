@@ -26,7 +26,7 @@ from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.zero_stage import choose_zero_stage, model_state_bytes
-from tests.growth_helpers import tiny_config
+from tests.growth_helpers import llama_3_2_1b_config, tiny_config
 from tests.trainer_runs import DEEPSPEED, REPO, free_port
 
 GIB = 2**30
@@ -146,17 +146,7 @@ def test_mask_builder_gets_no_position_ids(tokens: torch.Tensor, monkeypatch: py
 def llama_1b_params() -> int:
     from bigtrain.model.counting import total_params
 
-    cfg = tiny_config(
-        vocab_size=128256,
-        hidden_size=2048,
-        num_hidden_layers=16,
-        head_dim=64,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-        tie_word_embeddings=True,
-    )
-    return total_params(cfg)
+    return total_params(llama_3_2_1b_config())
 
 
 def test_zero_stage_auto_picks_the_fastest_stage_that_fits() -> None:

@@ -7,21 +7,9 @@ import pytest
 from bigtrain.model import BigTrainConfig
 from bigtrain.model.counting import palm_flops_per_token, total_params, train_flops_per_token
 from bigtrain.train.metrics import PEAK_RULES, mfu, peak_for
+from tests.growth_helpers import llama_3_2_1b_config as llama_3_2_1b
 
 GIB = 2**30
-
-
-def llama_3_2_1b() -> BigTrainConfig:
-    return BigTrainConfig(
-        vocab_size=128256,
-        hidden_size=2048,
-        num_hidden_layers=16,
-        head_dim=64,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-        tie_word_embeddings=True,
-    )
 
 
 def test_target_shape_params_and_flops_by_hand() -> None:
