@@ -41,45 +41,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tools.bench.presets import DEMO, LLAMA_1B, ModelPreset  # noqa: E402
+
 RUNNERS = ("bigtrain", "hf_deepspeed", "hf_deepspeed_liger", "torch_eager", "torch_compile")
 
 
-@dataclass(frozen=True)
-class Preset:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    ffn: int
-    vocab: int
-    seq_len: int
-    micro_batch: int
-    global_batch: int
-    rope_theta: float
-    lr: float
-    max_tokens: int | None  # tokenise at most this much of the demo corpus (enough for the steps)
-
-
-PRESETS = {
-    # the demo recipe's model (recipes/demo.yaml), two micro batches per step to exercise accumulation
-    "cpu": Preset(256, 4, 4, 2, 64, 688, 32000, 256, 4, 8, 10000.0, 1e-3, 200_000),
-    # Llama-3.2-1B: 1.24B parameters, tied; rope theta as Llama 3 (without its long-context scaling)
-    "1b": Preset(2048, 16, 32, 8, 64, 8192, 128256, 2048, 4, 16, 500000.0, 3e-4, None),
-}
+PRESETS = {"cpu": DEMO, "1b": LLAMA_1B}
 
 
 # --- shared inputs -------------------------------------------------------------------------------------
 
 
-def llama_config(ps: Preset) -> Any:
+def llama_config(ps: ModelPreset) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -103,7 +83,7 @@ def llama_config(ps: Preset) -> Any:
     )
 
 
-def make_init(ps: Preset, path: Path) -> None:
+def make_init(ps: ModelPreset, path: Path) -> None:
     """One random LlamaForCausalLM, saved once: every runner starts from these weights."""
     import torch
     from transformers import LlamaForCausalLM
@@ -115,7 +95,7 @@ def make_init(ps: Preset, path: Path) -> None:
     model.save_pretrained(path)
 
 
-def make_tokens(ps: Preset, path: Path) -> None:
+def make_tokens(ps: ModelPreset, path: Path) -> None:
     from bigtrain.config import DataConfig
     from bigtrain.data.prepare import prepare_token_dir
     from bigtrain.data.tokenizer import load_tokenizer

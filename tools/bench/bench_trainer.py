@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,24 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tools.bench.presets import DEMO, LLAMA_1B  # noqa: E402
 
-@dataclass(frozen=True)
-class Preset:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    seq_len: int
-    micro_batch: int
-    vocab: int = 32000
-
-
-PRESETS = {
-    "small": Preset(256, 4, 4, 2, 688, 256, 8),
-    # Llama-3.2-1B: 32 query / 8 kv heads of 64, FFN 8192, vocab 128256, tied: 1.24B parameters
-    "1b": Preset(2048, 16, 32, 8, 8192, 2048, 4, vocab=128256),
-}
+# the demo model at one micro batch of 8 a step, and Llama-3.2-1B
+PRESETS = {"small": replace(DEMO, micro_batch=8, global_batch=8), "1b": LLAMA_1B}
 
 
 def plain_pytorch(preset: str, steps: int, warmup: int, vocab: int) -> list[float]:
@@ -60,7 +46,7 @@ def plain_pytorch(preset: str, steps: int, warmup: int, vocab: int) -> list[floa
         vocab_size=vocab,
         hidden_size=ps.hidden,
         num_hidden_layers=ps.layers,
-        head_dim=ps.hidden // ps.heads,
+        head_dim=ps.head_dim,
         num_attention_heads=ps.heads,
         num_key_value_heads=ps.kv_heads,
         intermediate_size=ps.ffn,
@@ -96,7 +82,7 @@ def bigtrain_run(
         f"output_dir={out}",
         f"model.hidden_size={ps.hidden}",
         f"model.num_layers={ps.layers}",
-        f"model.head_dim={ps.hidden // ps.heads}",
+        f"model.head_dim={ps.head_dim}",
         f"model.num_heads={ps.heads}",
         f"model.num_kv_heads={ps.kv_heads}",
         f"model.intermediate_size={ps.ffn}",
