@@ -145,6 +145,11 @@ class DataConfig(Section):
     # Held out for evaluation when no eval files/split are given: this share of packed sequences.
     eval_fraction: float = Field(default=0.01, ge=0.0, lt=0.5)
     seed: int = 1234
+    # Where this run begins in the seeded order of training sequences: the global sequences before it are
+    # skipped. None: 0, except that each later stage of a staged recipe continues where the stage before
+    # it ended (bigtrain-run sets it), so a grown model goes on through the data instead of seeing its
+    # first stage's batches again; 0 restarts. A streamed dataset always starts at its beginning.
+    start_sequence: int | None = Field(default=None, ge=0)
     # Stop tokenising a source after this many tokens (e.g. a slice of a streamed hub corpus).
     max_tokens: int | None = None
 
@@ -163,6 +168,8 @@ class DataConfig(Section):
             dup = next((n for n in names if names.count(n) > 1), None)
             if dup is not None:
                 raise ValueError(f"data.sources: the name {dup!r} is used twice")
+        if self.streaming and self.start_sequence:
+            raise ValueError("data.start_sequence: a streamed dataset cannot skip ahead, it starts at its beginning")
         return self
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from bigtrain.config import DataConfig
 from bigtrain.data.prepare import prepare_split, prepare_token_dir
-from bigtrain.data.sampler import GlobalBatchSampler
+from bigtrain.data.sampler import GlobalBatchSampler, MixtureSampler
 from bigtrain.data.store import open_tokens
 from bigtrain.data.tokenizer import load_tokenizer
 from bigtrain.errors import BigtrainError
@@ -35,6 +35,34 @@ def test_sampler_global_batches_do_not_depend_on_world_size() -> None:
     epoch0 = np.concatenate([s.global_batch_indices(b) for b in range(12)])[:96]
     assert len(set(epoch0.tolist())) == 96, "no sequence repeats within an epoch"
     assert list(GlobalBatchSampler(100, 8, 4).global_batch_indices(0)) != list(s.global_batch_indices(0))
+
+
+@pytest.mark.parametrize("start", [16, 21])  # a whole number of batches in, and not
+def test_a_run_that_starts_later_continues_the_same_order(start: int) -> None:
+    """data.start_sequence S: the run's batch k is global positions S+kG.., what a run from 0 reads there;
+    its data position is absolute and its per-source counts are its own."""
+    whole = GlobalBatchSampler(100, 8, 3)
+    later = GlobalBatchSampler(100, 8, 3, start=start)
+    flat = np.concatenate([whole.global_batch_indices(b) for b in range(20)])
+    for k in (0, 1, 9, 10):  # 10: crosses into epoch 1
+        assert list(later.global_batch_indices(k)) == list(flat[start + 8 * k : start + 8 * k + 8])
+    assert later.position(80) == {
+        "sequences": 80,
+        "sources": {"train": {"sequences": start + 80, "epoch": (start + 80) // 100}},
+        "start_sequence": start,
+    }
+    assert later.run_draws(80) == {"train": 80}
+    crossing = (100 - start) // 8  # the run's batch that holds global position 100
+    assert later.new_epochs(crossing) == ["data: epoch 1 of the training data begins (its sequences repeat)"]
+    assert later.new_epochs(crossing - 1) == later.new_epochs(crossing + 1) == []
+    mixed, mixed_later = (
+        MixtureSampler([60, 40], [3, 1], ["a", "b"], 8, 3),
+        MixtureSampler([60, 40], [3, 1], ["a", "b"], 8, 3, start),
+    )
+    flat = np.concatenate([mixed.global_batch_indices(b) for b in range(20)])
+    assert list(mixed_later.global_batch_indices(2)) == list(flat[start + 16 : start + 24])
+    assert sum(mixed_later.run_draws(40).values()) == 40
+    assert mixed_later.position(40)["sources"] == mixed.position(start + 40)["sources"]
 
 
 def test_sampler_refuses_data_smaller_than_a_batch() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from bigtrain.config import StepConfig, load_recipe
@@ -126,6 +127,11 @@ def test_step_demo_runs_every_stage(step_demo: tuple[Path, list[str], str]) -> N
     for name in ("s2", "s3"):
         growth = json.loads((out / name / "init" / "growth.json").read_text())
         assert growth["op"] == "step"
+    # each stage goes on through the data where the one before it stopped
+    runs = [json.loads((out / name / "run.json").read_text()) for name in ("s1", "s2", "s3")]
+    ends = [r["start_sequence"] + r["step"] * r["global_batch_size"] for r in runs]
+    assert runs[0]["start_sequence"] == 0 and [r["start_sequence"] for r in runs[1:]] == ends[:2]
+    assert yaml.safe_load((out / "s3" / "stage.yaml").read_text())["data"]["start_sequence"] == ends[1] > 0
     # the family table closes the run: every stage with its held-out loss
     table = stdout[stdout.index("member") :]
     assert all(f"\n{s} " in table for s in ("s1", "s2", "s3")) and "FLOPs" in table

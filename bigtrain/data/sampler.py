@@ -1,8 +1,11 @@
 """The global, seeded order of training sequences.
 
-Global batch k holds sequences perm[k*G : (k+1)*G] of a per-epoch permutation; the world size only
-decides how a global batch is split (micro step, then rank), never which sequences it holds. So a run
-resumed on a different number of ranks, or 2 ranks against 1, sees the same data in the same steps.
+Global batch k holds the sequences at global positions S + k*G .. S + (k+1)*G - 1 of a per-epoch
+permutation, S the run's `data.start_sequence` (a later stage continues where the one before it ended);
+the world size only decides how a global batch is split (micro step, then rank), never which sequences it
+holds. So a run resumed on a different number of ranks, or 2 ranks against 1, sees the same data in the
+same steps. A run's `sequences` count (what the loop passes) is relative to S; data positions in the
+checkpoint are absolute.
 """
 
 from __future__ import annotations
@@ -15,19 +18,19 @@ from bigtrain.errors import BigtrainError
 
 
 class GlobalBatchSampler:
-    def __init__(self, num_sequences: int, global_batch: int, seed: int) -> None:
+    def __init__(self, num_sequences: int, global_batch: int, seed: int, start: int = 0) -> None:
         if num_sequences < global_batch:
             raise BigtrainError(
                 f"the training data has {num_sequences} sequences, fewer than one global batch of {global_batch}"
             )
-        self.n, self.global_batch, self.seed = num_sequences, global_batch, seed
+        self.n, self.global_batch, self.seed, self.start = num_sequences, global_batch, seed, start
 
     @lru_cache(maxsize=2)  # noqa: B019 - one sampler per run; holds at most two epochs' permutations
     def _epoch(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 
     def global_batch_indices(self, batch: int) -> np.ndarray:
-        start = batch * self.global_batch
+        start = self.start + batch * self.global_batch
         positions = np.arange(start, start + self.global_batch)
         out = np.empty(self.global_batch, dtype=np.int64)
         for epoch in np.unique(positions // self.n):
@@ -40,13 +43,32 @@ class GlobalBatchSampler:
         start = (micro_step * world + rank) * micro
         return self.global_batch_indices(batch)[start : start + micro]
 
+    def draws(self, position: int) -> dict[str, int]:
+        """Per source: how many of the global positions [0, position) went to it."""
+        return {"train": position}
+
+    def source_sizes(self) -> dict[str, int]:
+        return {"train": self.n}
+
     def position(self, sequences: int) -> dict:
-        """The data position after `sequences` global sequences: what the checkpoint records."""
-        return {"sequences": sequences, "sources": {"train": {"sequences": sequences, "epoch": sequences // self.n}}}
+        """The data position after this run's first `sequences` global sequences: what the checkpoint
+        records (per source absolute, including what earlier stages read)."""
+        sizes = self.source_sizes()
+        sources = {k: {"sequences": d, "epoch": d // sizes[k]} for k, d in self.draws(self.start + sequences).items()}
+        out: dict = {"sequences": sequences, "sources": sources}
+        if self.start:
+            out["start_sequence"] = self.start
+        return out
+
+    def run_draws(self, sequences: int) -> dict[str, int]:
+        """Per source: sequences of it among this run's first `sequences` (`tokens/<source>` in the metrics)."""
+        before, after = self.draws(self.start), self.draws(self.start + sequences)
+        return {k: after[k] - before[k] for k in after}
 
     def new_epochs(self, batch: int) -> list[str]:
         """Log lines for the epochs that start inside global batch `batch`."""
-        start, stop = batch * self.global_batch, (batch + 1) * self.global_batch
+        start = self.start + batch * self.global_batch
+        stop = start + self.global_batch
         return [
             f"data: epoch {e} of the training data begins (its sequences repeat)" for e in _crossed(start, stop, self.n)
         ]
@@ -70,11 +92,13 @@ class MixtureSampler(GlobalBatchSampler):
     function of p, so a resumed run, or one on another number of ranks, reads exactly the same batches.
     """
 
-    def __init__(self, counts: list[int], weights: list[float], names: list[str], global_batch: int, seed: int):
+    def __init__(
+        self, counts: list[int], weights: list[float], names: list[str], global_batch: int, seed: int, start: int = 0
+    ):
         if any(c == 0 for c in counts):
             raise BigtrainError(f"data.sources[{names[counts.index(0)]}]: no training sequences")
         self.counts, self.names = counts, names
-        self.n, self.global_batch, self.seed = sum(counts), global_batch, seed
+        self.n, self.global_batch, self.seed, self.start = sum(counts), global_batch, seed, start
         self.offsets = np.cumsum([0, *counts])[:-1]
         w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
         self.weights = w
@@ -98,8 +122,15 @@ class MixtureSampler(GlobalBatchSampler):
         full, rest = divmod(position, MIXTURE_BLOCK)
         return full * self.prefix[:, MIXTURE_BLOCK] + self.prefix[:, rest]
 
+    def draws(self, position: int) -> dict[str, int]:
+        return {name: int(d) for name, d in zip(self.names, self.draws_before(position), strict=True)}
+
+    def source_sizes(self) -> dict[str, int]:
+        return dict(zip(self.names, self.counts, strict=True))
+
     def global_batch_indices(self, batch: int) -> np.ndarray:
-        positions = np.arange(batch * self.global_batch, (batch + 1) * self.global_batch)
+        start = self.start + batch * self.global_batch
+        positions = np.arange(start, start + self.global_batch)
         sources = self.schedule[positions % MIXTURE_BLOCK]
         block_start = (positions // MIXTURE_BLOCK) * self.prefix[sources, MIXTURE_BLOCK]
         draws = block_start + self.prefix[sources, positions % MIXTURE_BLOCK]  # j: earlier draws of that source
@@ -111,19 +142,9 @@ class MixtureSampler(GlobalBatchSampler):
             out[sel] = self.offsets[s] + self._source_epoch(s, e)[draws[sel] % self.counts[s]]
         return out
 
-    def position(self, sequences: int) -> dict:
-        draws = self.draws_before(sequences)
-        return {
-            "sequences": sequences,
-            "sources": {
-                name: {"sequences": int(d), "epoch": int(d) // c}
-                for name, d, c in zip(self.names, draws, self.counts, strict=True)
-            },
-        }
-
     def new_epochs(self, batch: int) -> list[str]:
-        before = self.draws_before(batch * self.global_batch)
-        after = self.draws_before((batch + 1) * self.global_batch)
+        start = self.start + batch * self.global_batch
+        before, after = self.draws_before(start), self.draws_before(start + self.global_batch)
         return [
             f"data: source {name!r} starts epoch {e} (its {c} sequences repeat)"
             for name, a, b, c in zip(self.names, before, after, self.counts, strict=True)
@@ -131,21 +152,22 @@ class MixtureSampler(GlobalBatchSampler):
         ]
 
 
-def make_sampler(train, global_batch: int, seed: int) -> GlobalBatchSampler:
-    """One source: the plain global permutation; a mixture (`bigtrain.data.dataset.Mixture`): weighted."""
+def make_sampler(train, global_batch: int, seed: int, start: int = 0) -> GlobalBatchSampler:
+    """One source: the plain global permutation; a mixture (`bigtrain.data.dataset.Mixture`): weighted.
+    `start`: the global position the run begins at (`data.start_sequence`)."""
     if getattr(train, "streaming", False):
         from bigtrain.data.stream import StreamSampler
 
-        return StreamSampler(train, global_batch)
+        return StreamSampler(train, global_batch)  # a stream starts at its beginning (docs/data.md)
     parts = getattr(train, "parts", None)
     if parts is None:
-        return GlobalBatchSampler(train.count, global_batch, seed)
-    return MixtureSampler([p.count for p in parts], train.weights, train.names, global_batch, seed)
+        return GlobalBatchSampler(train.count, global_batch, seed, start)
+    return MixtureSampler([p.count for p in parts], train.weights, train.names, global_batch, seed, start)
 
 
 def tokens_by_source(sampler: GlobalBatchSampler, sequences: int, seq_len: int) -> dict[str, int]:
-    """metrics.jsonl's `tokens/<source>`: tokens trained on from each source so far."""
-    return {f"tokens/{k}": v["sequences"] * seq_len for k, v in sampler.position(sequences)["sources"].items()}
+    """metrics.jsonl's `tokens/<source>`: tokens this run trained on from each source so far."""
+    return {f"tokens/{k}": n * seq_len for k, n in sampler.run_draws(sequences).items()}
 
 
 def resume_notes(saved: dict, sampler: GlobalBatchSampler, sequences: int) -> list[str]:

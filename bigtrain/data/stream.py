@@ -139,7 +139,7 @@ class StreamSampler(GlobalBatchSampler):
     """Stream order: global batch k is positions k*G .. k*G+G-1."""
 
     def __init__(self, stream: TokenStream, global_batch: int) -> None:
-        self.stream, self.n, self.global_batch, self.seed = stream, UNBOUNDED, global_batch, 0
+        self.stream, self.n, self.global_batch, self.seed, self.start = stream, UNBOUNDED, global_batch, 0, 0
 
     def global_batch_indices(self, batch: int) -> np.ndarray:
         return np.arange(batch * self.global_batch, (batch + 1) * self.global_batch, dtype=np.int64)

@@ -51,9 +51,30 @@ def prepare_stage(stage: Stage, stages: list[Stage]) -> Path:
             grow_checkpoint(source, init, op=stage.grow.op, progress=False, **stage.grow.grow_args())
         else:
             check_grown(stage, init)
+    recipe = stage.recipe
+    start = data_start(stage, stages)
+    if start != recipe.data.start_sequence:
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"start_sequence": start})})
     path = stage_yaml(stage)
-    write_text_atomic(path, dump_recipe(stage.recipe))
+    write_text_atomic(path, dump_recipe(recipe))
     return path
+
+
+def data_start(stage: Stage, stages: list[Stage]) -> int | None:
+    """`data.start_sequence` of a stage: the recipe's if it sets one; for a later stage, where the stage
+    before it ended in the data order (its run.json), so training goes on through the data."""
+    data = stage.recipe.data
+    if stage.index == 0 or data.start_sequence is not None or data.streaming:
+        return data.start_sequence
+    prev = stages[stage.index - 1]
+    try:
+        info = json.loads((prev.output_dir / "run.json").read_text())
+        return int(info.get("start_sequence", 0)) + int(info["step"]) * int(info["global_batch_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BigtrainError(
+            f"stage {stage.name!r}: cannot tell where stage {prev.name!r} ended in the data "
+            f"({prev.output_dir / 'run.json'}: {e}); set data.start_sequence in the stage"
+        ) from e
 
 
 def check_grown(stage: Stage, init: Path) -> None:

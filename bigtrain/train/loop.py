@@ -164,6 +164,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "global_batch_size": gbs,
         "gradient_accumulation_steps": accum,
         "total_steps": total_steps,
+        "start_sequence": recipe.data.start_sequence or 0,  # where in the data order this run began
         "resumed_from": str(ckpt) if ckpt else None,
         "resume_s": resume_s if ckpt else None,
         "init_from": recipe.init_from,
@@ -182,7 +183,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         write_run_info(out / "run.json", run_info)
 
     # --- loop ------------------------------------------------------------------------------------
-    sampler = make_sampler(data.train, gbs, recipe.data.seed)
+    sampler = make_sampler(data.train, gbs, recipe.data.seed, recipe.data.start_sequence or 0)
     for line in resume_notes(state.data, sampler, state.step * gbs) if world.is_main else []:
         print(f"bigtrain: {line}", flush=True)
     batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)

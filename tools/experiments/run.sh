@@ -5,7 +5,8 @@
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
 # the arms in run order (`ARM [baseline] [once]`: `once` runs seed 1 only, e.g. a shared starting point), and
-# <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed (train.seed=1..N) into
+# <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the
+# initialisation and data.seed=S for the order of the data, in every stage) into
 # <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
 # goes to <out> (default <runs>/report). Environment: NICE (default 5) for the training processes.
 set -euo pipefail
@@ -51,7 +52,7 @@ while read -r arm rest; do
   for seed in $(seq 1 "$seeds"); do
     out=$RUNS/$arm-seed$seed
     echo "[run.sh] $NAME/$arm seed $seed -> $out"
-    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" output_dir="$out" train.seed="$seed"
+    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" output_dir="$out" train.seed="$seed" data.seed="$seed"
     runs+=("$out")
     [ $is_baseline = 1 ] && [ -z "$baseline" ] && baseline=$out
   done
