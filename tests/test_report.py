@@ -116,6 +116,8 @@ def test_report_on_plain_and_staged_runs(runs: dict) -> None:
         assert entry["tokens"] == info["tokens"]
         assert entry["flops"] == info["tokens"] * info["flops_per_token"]
         assert entry["peak_memory_bytes"] == info["memory"]["peak_bytes"]
+        mem = info["memory"]
+        assert entry["model_state_bytes"] == mem["param_bytes"] + mem["grad_bytes"] + mem["optimizer_state_bytes"] > 0
         assert f"| {name} | {info['final_eval']['eval_loss']:.4f} |" in md
     # the staged run: one curve from the first stage on, the growth point where the second starts
     small, stacked = run_info(root / "staged" / "small"), run_info(root / "staged" / "stacked")

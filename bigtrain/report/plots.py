@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bigtrain.report.runs import Point, Run
+from bigtrain.report.runs import Point, Run, model_state_bytes
 
 # x axes of the loss plots: (file stem, Point attribute, axis label, log-x)
 LOSS_AXES = (
@@ -77,27 +77,29 @@ def lr_plot(runs: list[Run], path: Path) -> None:
 
 
 def stages_plot(runs: list[Run], path: Path) -> None:
-    """Peak memory and trainable parameters per stage (a plain run is one stage)."""
-    labels, memory, trainable, bar_colours = [], [], [], []
+    """Peak memory, model states and trainable parameters per stage (a plain run is one stage)."""
+    labels, memory, states, trainable, bar_colours = [], [], [], [], []
     for run, colour in zip(runs, colours(len(runs))):
         for part in run.parts:
             labels.append(run.name if not run.staged else f"{run.name}/{part.name}")
             memory.append((part.info.get("memory", {}).get("peak_bytes") or 0) / 2**20)
+            states.append((model_state_bytes(part.info) or 0) / 2**20)
             trainable.append((part.info.get("params_trainable") or 0) / 1e6)
             bar_colours.append(colour)
-    fig, (ax_mem, ax_par) = plt.subplots(1, 2, figsize=(11, max(3.0, 0.35 * len(labels) + 1.5)), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(15, max(3.0, 0.35 * len(labels) + 1.5)), dpi=110)
+    xlabels = (
+        "peak memory per rank (MiB; CPU: peak RSS, GPU: max allocated)",
+        "model states per rank (MiB: parameters,\ngradients, optimizer states)",
+        "trainable parameters (millions)",
+    )
     ys = list(range(len(labels)))
-    ax_mem.barh(ys, memory, color=bar_colours)
-    ax_mem.set_yticks(ys, labels)
-    ax_mem.invert_yaxis()
-    ax_mem.set_xlabel("peak memory per rank (MiB; CPU: peak RSS, GPU: max allocated)")
-    ax_par.barh(ys, trainable, color=bar_colours)
-    ax_par.set_yticks(ys, [])
-    ax_par.invert_yaxis()
-    ax_par.set_xlabel("trainable parameters (millions)")
-    for ax in (ax_mem, ax_par):
+    for i, (ax, values, xlabel) in enumerate(zip(axes, (memory, states, trainable), xlabels, strict=True)):
+        ax.barh(ys, values, color=bar_colours)
+        ax.set_yticks(ys, labels if i == 0 else [])
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
         ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle("per stage: peak memory and trainable parameters")
+    fig.suptitle("per stage: peak memory, model states and trainable parameters")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

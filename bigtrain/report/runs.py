@@ -106,6 +106,19 @@ class Run:
         known = [int(b) for b in peaks if b is not None]
         return max(known) if known else None
 
+    @property
+    def model_state_bytes(self) -> int | None:
+        known = [b for b in (model_state_bytes(p.info) for p in self.parts) if b is not None]
+        return max(known) if known else None
+
+
+def model_state_bytes(info: dict[str, Any]) -> int | None:
+    """Parameters + gradients + optimizer states of one rank, as the trainer measured them (run.json's
+    `memory`): what STEP's frozen layers save, which a CPU's peak RSS (framework-dominated) hides."""
+    mem = info.get("memory") or {}
+    parts = [mem.get(k) for k in ("param_bytes", "grad_bytes", "optimizer_state_bytes")]
+    return sum(int(b) for b in parts) if all(b is not None for b in parts) else None
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bigtrain.report.runs import Run
+from bigtrain.report.runs import Run, model_state_bytes
 from bigtrain.report.target import cost_to_reach, saving
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
@@ -42,6 +42,7 @@ def run_entry(run: Run) -> dict[str, Any]:
         "flops": run.flops,
         "wall_s": run.wall_s,
         "peak_memory_bytes": run.peak_memory_bytes,
+        "model_state_bytes": run.model_state_bytes,
         "stages": [
             {
                 "name": p.name,
@@ -53,6 +54,7 @@ def run_entry(run: Run) -> dict[str, Any]:
                 "params_total": p.info.get("params_total"),
                 "params_trainable": p.info.get("params_trainable"),
                 "peak_memory_bytes": p.info.get("memory", {}).get("peak_bytes"),
+                "model_state_bytes": model_state_bytes(p.info),
                 "final_eval_loss": (p.info.get("final_eval") or {}).get("eval_loss"),
             }
             for p in run.parts
@@ -129,7 +131,10 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
 
 
 def _mib(b: int | None) -> str:
-    return "—" if b is None else f"{b / 2**20:.0f}"
+    if b is None:
+        return "—"
+    mib = b / 2**20
+    return f"{mib:.0f}" if mib >= 100 else f"{mib:.1f}"
 
 
 def _spread(s: dict[str, float] | None, fmt: str) -> str:
@@ -143,14 +148,15 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
     if report["baseline"]:
         lines += [f"Baseline: **{report['baseline']}**. Target: its final held-out loss.", ""]
     lines += [
-        "| run | final held-out loss | ppl | eval points | tokens | FLOPs | wall (s) | peak mem (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | final held-out loss | ppl | eval points | tokens | FLOPs | wall (s) | peak mem (MiB) "
+        "| model states (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["runs"]:
         loss = _num(e["final_eval_loss"]) if e["final_eval_loss"] is not None else "no eval points"
         lines.append(
             f"| {e['name']} | {loss} | {_num(e['final_eval_ppl'], '.2f')} | {e['eval_points']} | {e['tokens']:.4g} | "
-            f"{e['flops']:.4g} | {e['wall_s']:.0f} | {_mib(e['peak_memory_bytes'])} |"
+            f"{e['flops']:.4g} | {e['wall_s']:.0f} | {_mib(e['peak_memory_bytes'])} | {_mib(e['model_state_bytes'])} |"
         )
     if report["baseline"]:
         lines += [
@@ -178,14 +184,16 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "",
             "Per stage:",
             "",
-            "| run / stage | starts at tokens | tokens | FLOPs | trainable params | peak mem (MiB) | held-out loss |",
-            "|---|---|---|---|---|---|---|",
+            "| run / stage | starts at tokens | tokens | FLOPs | trainable params | peak mem (MiB) | held-out loss "
+            "| model states (MiB) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for e in staged:
             for s in e["stages"]:
                 lines.append(
                     f"| {e['name']} / {s['name']} | {s['start_tokens']:.4g} | {s['tokens']:.4g} | {s['flops']:.4g} | "
-                    f"{s['params_trainable'] or 0:,} | {_mib(s['peak_memory_bytes'])} | {_num(s['final_eval_loss'])} |"
+                    f"{s['params_trainable'] or 0:,} | {_mib(s['peak_memory_bytes'])} | {_num(s['final_eval_loss'])} "
+                    f"| {_mib(s['model_state_bytes'])} |"
                 )
     if report["arms"]:
         lines += [
