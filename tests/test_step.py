@@ -15,10 +15,12 @@ from safetensors.torch import load_file
 from bigtrain.config import StepConfig, load_recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.counting import train_flops_per_token
 from bigtrain.model.modeling import BigTrainForCausalLM
+from bigtrain.pipeline.family import step_flops_per_token
 from bigtrain.pipeline.planner import plan_recipe
 from bigtrain.pipeline.runner import launch_command
-from bigtrain.train.step_lora import apply_step, layer_index, merge_block
+from bigtrain.train.step_lora import apply_step, layer_index, merge_block, step_flops_change
 from tests.growth_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,22 @@ def test_apply_step_freezes_inherited_and_adapts_them() -> None:
     assert grads["model.layers.2.mlp.up_proj.weight"] and grads["model.layers.3.input_layernorm.weight"]
     assert grads["model.embed_tokens.weight"] and not grads["lm_head.weight"] and not grads["model.norm.weight"]
     assert not any(".lora_" in n for n in grads if layer_index(n) in (2, 3))
+
+
+def test_step_flops_count_the_weight_gradients_frozen_layers_skip() -> None:
+    """What the trainer writes to run.json (from the adapted module) equals the planner's count (from the
+    config), and a frozen LM head saves its weight gradient too."""
+    cfg, changes = tiny([176, 0, 176, 240]), []
+    for head in (True, False):
+        step = StepConfig(lora_rank=4, train_lm_head=head)
+        model = apply_step(BigTrainForCausalLM(cfg), step, "unused", inherited={0, 1})
+        change = step_flops_change(model)
+        assert change == step_flops_per_token(cfg, 64, {0, 1}, step) - train_flops_per_token(cfg, 64)
+        frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad and p.dim() == 2)
+        lora = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+        assert change == -2 * frozen + 6 * lora and frozen > 0 and lora > 0
+        changes.append(change)
+    assert changes[1] - changes[0] == -2 * cfg.vocab_size * cfg.hidden_size
 
 
 def test_gradients_reach_adapters_with_frozen_embeddings_and_checkpointing() -> None:

@@ -116,12 +116,13 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=t.checkpoint_every_n_layers
         )
-    block_transform = None
+    block_transform, step_flops = None, 0.0
     if recipe.step is not None:  # a STEP stage: inherited layers frozen + LoRA, folded back at export
-        from bigtrain.train.step_lora import apply_step, merge_block
+        from bigtrain.train.step_lora import apply_step, merge_block, step_flops_change
 
         model = apply_step(model, recipe.step, recipe.init_from)
         block_transform = functools.partial(merge_block, scale=recipe.step.scale)
+        step_flops = step_flops_change(model)
     fast_path = prepare_model(model, recipe, zero3)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(
@@ -155,8 +156,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     params_trainable = sum(numel(p) for p in engine.module.parameters() if p.requires_grad)
     detected = detect_peak()
     peak_tflops = t.peak_tflops or (detected.tflops if detected else None)
-    flops_per_token = train_flops_per_token(model_cfg, recipe.data.seq_len)
-    flops_per_token_palm = palm_flops_per_token(model_cfg, recipe.data.seq_len)
+    flops_per_token = train_flops_per_token(model_cfg, recipe.data.seq_len) + step_flops
+    flops_per_token_palm = palm_flops_per_token(model_cfg, recipe.data.seq_len) + step_flops
     run_info: dict[str, Any] = {
         "params_total": params_total,
         "params_trainable": params_trainable,

@@ -94,6 +94,21 @@ def apply_step(
     return model
 
 
+def step_flops_change(model: nn.Module) -> float:
+    """Training FLOPs per token a STEP stage differs by from the full-model count: a frozen weight matrix
+    skips its weight gradient (4 FLOPs per weight and token, not 6), the LoRA factors train (6 each). The
+    input embedding is a lookup, so freezing it saves nothing unless it is also the (tied) LM head."""
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    frozen = lora = 0
+    for name, p in model.named_parameters():
+        n, shape = int(getattr(p, "ds_numel", p.numel())), tuple(getattr(p, "ds_shape", p.shape))
+        if ".lora_" in name:
+            lora += n
+        elif not p.requires_grad and len(shape) == 2 and (tied or not name.endswith("embed_tokens.weight")):
+            frozen += n
+    return -2.0 * frozen + 6.0 * lora
+
+
 def matching_targets(model: nn.Module, inherited: set[int], step_cfg: StepConfig) -> list[str]:
     """Full module names to adapt: the target projections of the inherited layers (fails if none match)."""
     names = [
