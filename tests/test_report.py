@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bigtrain.report.runs import load_run
-from bigtrain.report.target import cost_to_reach, saving
+from bigtrain.report.target import cost_to_reach, saving, value_at
 from tests.trainer_runs import REPO, launch, tiny_overrides
 
 PLOTS = ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall.png", "lr.png", "stages.png")
@@ -156,6 +156,8 @@ def test_tokens_to_target_is_exact_on_a_constructed_curve(tmp_path: Path) -> Non
     assert cost_to_reach([100, 200], [5.0, 4.0], 5.5) == 100.0
     assert cost_to_reach([100, 200], [5.0, 4.0], 3.0) is None
     assert saving(75.0, 100.0) == 25.0
+    assert value_at([100, 200, 300], [5.0, 4.0, 3.0], 250) == 3.5 and value_at([100, 200], [5.0, 4.0], 100) == 5.0
+    assert value_at([100, 200], [5.0, 4.0], 50) is None and value_at([100, 200], [5.0, 4.0], 201) is None
     # baseline: 4.0 at step 40 (its final loss); the grown run crosses 4.0 halfway between steps 20 and 30
     write_run(
         tmp_path / "base", [(10, 6.0), (20, 5.0), (30, 4.5), (40, 4.0)], flops_per_token=10.0, tokens_per_step=100
@@ -171,6 +173,8 @@ def test_tokens_to_target_is_exact_on_a_constructed_curve(tmp_path: Path) -> Non
     assert grown["tokens_to_target"] == 2500.0 and grown["baseline_tokens_to_target"] == 4000.0
     assert grown["flops_to_target"] == 2500.0 * 8.0 and grown["baseline_flops_to_target"] == 4000.0 * 10.0
     assert grown["token_saving_pct"] == pytest.approx(37.5) and grown["flops_saving_pct"] == pytest.approx(50.0)
+    # at the grown run's final 3.2e4 FLOPs the baseline is between 3e4 (4.5) and 4e4 (4.0): 4.4
+    assert grown["baseline_loss_at_equal_flops"] == pytest.approx(4.4) and grown["loss_gain_at_equal_flops"] == pytest.approx(1.4)
     silent = next(e for e in report["runs"] if e["name"] == "silent")
     assert silent["final_eval_loss"] is None and silent["vs_baseline"]["note"] == "silent has no eval points"
     md = (out / "report.md").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bigtrain.report.runs import Run, model_state_bytes
-from bigtrain.report.target import cost_to_reach, saving
+from bigtrain.report.target import cost_to_reach, saving, value_at
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 DOWNSTREAM_FILE = Path("eval") / "downstream.json"
@@ -75,7 +75,11 @@ def against_baseline(run: Run, baseline: Run) -> dict[str, Any]:
 
     tokens, flops = cost(run, "tokens"), cost(run, "flops")
     base_tokens, base_flops = cost(baseline, "tokens"), cost(baseline, "flops")
+    # the other reading of the same curves: the baseline's loss after the run's FLOPs (equal compute)
+    at_equal = value_at([p.flops for p in baseline.eval], [p.value for p in baseline.eval], run.eval[-1].flops)
     return {
+        "baseline_loss_at_equal_flops": at_equal,
+        "loss_gain_at_equal_flops": None if at_equal is None else at_equal - run.eval[-1].value,
         "target_loss": target,
         "tokens_to_target": tokens,
         "flops_to_target": flops,
@@ -101,6 +105,7 @@ def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("final_eval_loss", lambda m: m["final_eval_loss"]),
             ("flops_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("flops_saving_pct")),
             ("token_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("token_saving_pct")),
+            ("loss_gain_at_equal_flops", lambda m: (m.get("vs_baseline") or {}).get("loss_gain_at_equal_flops")),
         ):
             values = [v for m in members if (v := get(m)) is not None]
             row[key] = (
@@ -161,22 +166,29 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
     if report["baseline"]:
         lines += [
             "",
-            "To reach the baseline's final held-out loss (interpolated on each eval curve):",
+            "To reach the baseline's final held-out loss (interpolated on each eval curve), and the baseline's "
+            "held-out loss after as many FLOPs as the run spent (gain: how much lower the run ends; positive: "
+            "better than the baseline at equal compute):",
             "",
-            "| run | target loss | tokens | FLOPs | token saving % | FLOPs saving % |",
-            "|---|---|---|---|---|---|",
+            "| run | target loss | tokens | FLOPs | token saving % | FLOPs saving % | baseline's loss at the run's "
+            "final FLOPs | gain (nats) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for e in report["runs"]:
             v = e["vs_baseline"]
             if v.get("target_loss") is None or "tokens_to_target" not in v:
-                lines.append(f"| {e['name']} | {_num(v.get('target_loss'))} | {v['note']} | | | |")
+                lines.append(f"| {e['name']} | {_num(v.get('target_loss'))} | {v['note']} | | | | | |")
                 continue
             if v["tokens_to_target"] is None:
-                lines.append(f"| {e['name']} | {_num(v['target_loss'])} | not reached | not reached | — | — |")
+                lines.append(
+                    f"| {e['name']} | {_num(v['target_loss'])} | not reached | not reached | — | — | "
+                    f"{_num(v['baseline_loss_at_equal_flops'])} | {_num(v['loss_gain_at_equal_flops'], '+.4f')} |"
+                )
                 continue
             lines.append(
                 f"| {e['name']} | {_num(v['target_loss'])} | {v['tokens_to_target']:.4g} | {v['flops_to_target']:.4g} | "
-                f"{_num(v['token_saving_pct'], '+.1f')} | {_num(v['flops_saving_pct'], '+.1f')} |"
+                f"{_num(v['token_saving_pct'], '+.1f')} | {_num(v['flops_saving_pct'], '+.1f')} | "
+                f"{_num(v['baseline_loss_at_equal_flops'])} | {_num(v['loss_gain_at_equal_flops'], '+.4f')} |"
             )
     staged = [e for e in report["runs"] if len(e["stages"]) > 1]
     if staged:
@@ -200,13 +212,14 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "",
             "Arms over seeds (mean [min, max]):",
             "",
-            "| arm | seeds | final held-out loss | FLOPs saving % | token saving % |",
-            "|---|---|---|---|---|",
+            "| arm | seeds | final held-out loss | FLOPs saving % | token saving % | gain at equal FLOPs (nats) |",
+            "|---|---|---|---|---|---|",
         ]
         for a in report["arms"]:
             lines.append(
                 f"| {a['arm']} | {a['seeds']} | {_spread(a['final_eval_loss'], '.4f')} | "
-                f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} |"
+                f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} | "
+                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} |"
             )
     tasks = sorted({t for e in report["runs"] for t in e["downstream"]})
     if tasks:

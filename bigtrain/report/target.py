@@ -20,6 +20,18 @@ def cost_to_reach(costs: Sequence[float], losses: Sequence[float], target: float
     return None
 
 
+def value_at(costs: Sequence[float], losses: Sequence[float], cost: float) -> float | None:
+    """The curve's loss at `cost`, interpolated linearly between the eval points around it; None outside
+    the curve (before its first point or after its last)."""
+    if len(costs) != len(losses):
+        raise ValueError("costs and losses differ in length")
+    for i in range(1, len(costs)):
+        c0, c1 = costs[i - 1], costs[i]
+        if c0 <= cost <= c1:
+            return float(losses[i - 1] + (cost - c0) / (c1 - c0) * (losses[i] - losses[i - 1])) if c1 > c0 else float(losses[i])
+    return float(losses[0]) if len(costs) == 1 and costs[0] == cost else None
+
+
 def saving(run_cost: float | None, baseline_cost: float | None) -> float | None:
     """Percent of the baseline's cost a run saves (negative: it costs more); None when either is unknown."""
     if run_cost is None or not baseline_cost:
