@@ -123,8 +123,8 @@ def run_stages(stages: list[Stage], nproc: int | None = None, log: bool = True) 
     """Run every unfinished stage in order; returns the trainer's exit code of a stage that did not finish
     (2 bad input, 3 preempted: rerun to resume), else 0."""
     nproc = nproc or detected_devices()
-    if len(stages) > 1:  # the stage order, for bigtrain-report
-        root = stages[0].output_dir.parent
+    root = stages[0].root
+    if root is not None:  # a staged recipe (one stage or more): the stage order, for bigtrain-report and -eval
         root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(root / "pipeline.json", json.dumps({"stages": [s.name for s in stages]}) + "\n")
     for st in stages:

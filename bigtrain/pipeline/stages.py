@@ -31,6 +31,7 @@ class Stage:
     grow: GrowSpec | None
     grow_from: str | None  # the checkpoint `grow` reads (previous export, or the recipe's init_from)
     inherited_layers: int  # layers of the previous stage (0 for the first)
+    root: Path | None = None  # a staged recipe's output_dir, above the stage directories (None: a flat recipe)
 
     @property
     def output_dir(self) -> Path:
@@ -102,6 +103,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
                 grow=spec.grow,
                 grow_from=origin if spec.grow is not None else None,
                 inherited_layers=models[i - 1].num_layers if i else 0,
+                root=Path(root),
             )
         )
     return stages
