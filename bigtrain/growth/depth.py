@@ -14,6 +14,12 @@ A depth operator is a *plan*: one `LayerPlan` per target layer. The tensor work 
   differ), `copy` (of the lower neighbour), `zero` (copy with o_proj and down_proj zeroed: identity
   through the residual), `identity` (zero-depth: fresh random q/k/v/gate/up, zero o_proj/down_proj),
   `random` (random-depth: a fresh block).
+- `placement: after-each` (the insert operators): the new layers go right after every source layer,
+  n // L after each and the upper layers one more for the remainder; with `zero-depth` each new layer
+  is then a zeroed copy of the layer below it (init `zero`: its q/k/v/gate/up and norms copied,
+  o_proj/down_proj zero), the G_zero depth of the G_stack authors' code (tongxuluo/prts,
+  G_zero_depthwise.py, `lemon` branch: target layer i <- source layer i // (L'/L), every copy after the
+  first with o_proj and down_proj zeroed).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from bigtrain.model.param_shapes import layer_shapes
 
 DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
 STEP_INITS = ("mean", "copy", "zero")
+PLACEMENTS = ("upper", "after-each")  # where the insert operators (step, zero-depth, random-depth) put new layers
+INSERT_OPS = ("step", "zero-depth", "random-depth")
 OUTPUT_PROJECTIONS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # write into the residual stream
 
 
@@ -82,11 +90,18 @@ def upper_gap_counts(L: int, n_new: int) -> list[int]:
     return counts
 
 
-def insert_plan(cfg: BigTrainConfig, n: int, op: str, init: str) -> list[LayerPlan]:
+def after_each_counts(L: int, n_new: int) -> list[int]:
+    """How many new layers go right after each source layer j: n // L each, the upper layers the rest."""
+    base, extra = divmod(n_new, L)
+    return [base + (1 if j >= L - extra else 0) for j in range(L)]
+
+
+def insert_plan(cfg: BigTrainConfig, n: int, op: str, init: str, placement: str = "upper") -> list[LayerPlan]:
     L = cfg.num_hidden_layers
     _check_target(L, n, op)
+    counts = after_each_counts(L, n - L) if placement == "after-each" else upper_gap_counts(L, n - L)
     plan: list[LayerPlan] = []
-    for j, count in enumerate(upper_gap_counts(L, n - L)):
+    for j, count in enumerate(counts):
         plan.append(LayerPlan(len(plan), "inherited", j, "inherited"))
         for _ in range(count):
             upper = j + 1 if j + 1 < L else None
@@ -105,10 +120,17 @@ def _sizes(cfg: BigTrainConfig, j: int) -> tuple[int, int, int]:
     )
 
 
-def depth_plan(cfg: BigTrainConfig, op: str, layers: int | None, init: str | None) -> list[LayerPlan]:
+def depth_plan(
+    cfg: BigTrainConfig, op: str, layers: int | None, init: str | None, placement: str | None = None
+) -> list[LayerPlan]:
     L = cfg.num_hidden_layers
     if layers is None:
         raise BigtrainError(f"--op {op} needs --layers (the target number of layers)")
+    if placement is not None and placement not in PLACEMENTS:
+        raise BigtrainError(f"--placement {placement} is not one of {', '.join(PLACEMENTS)}")
+    if placement is not None and op not in INSERT_OPS:
+        raise BigtrainError(f"--op {op}: --placement applies to {', '.join(INSERT_OPS)} only")
+    placement = placement or "upper"
     if op == "stack":
         return stack_plan(L, layers)
     if op == "interleave":
@@ -117,11 +139,11 @@ def depth_plan(cfg: BigTrainConfig, op: str, layers: int | None, init: str | Non
         init = init or "mean"
         if init not in STEP_INITS:
             raise BigtrainError(f"--op step: --init {init} is not one of {', '.join(STEP_INITS)}")
-        return insert_plan(cfg, layers, op, init)
-    if op == "zero-depth":
-        return insert_plan(cfg, layers, op, "identity")
+        return insert_plan(cfg, layers, op, init, placement)
+    if op == "zero-depth":  # after-each: the authors' G_zero, a zeroed copy of the layer below
+        return insert_plan(cfg, layers, op, "zero" if placement == "after-each" else "identity", placement)
     if op == "random-depth":
-        return insert_plan(cfg, layers, op, "random")
+        return insert_plan(cfg, layers, op, "random", placement)
     raise BigtrainError(f"unknown depth operator {op!r}")
 
 

@@ -1,7 +1,10 @@
 """Compose a depth and a width operator into one growth: (config, tensors) -> (config, tensors, record).
 
 `op` is one operator name, or a depth and a width operator joined by "+" (or given as a list), e.g.
-"stack+net2net": depth first, then width. The grown tensors are produced lazily, tensor by tensor in
+"stack+net2net". Width is applied first, then depth (bert2BERT): every source layer is widened
+once with its own replica maps and the depth operator copies / averages / zeroes the widened layers,
+so every copy of a source layer is the same tensor, AKI borrows from the layer above in the source
+order, and zero blocks stay identity blocks. The grown tensors are produced lazily, tensor by tensor in
 model order (the embedding and LM head in blocks of vocabulary rows), so a caller that writes them as
 they come holds about one tensor at a time. Everything here is pure: no files.
 """
@@ -29,9 +32,15 @@ from bigtrain.growth.depth import (
 from bigtrain.growth.mixture import template_combination
 from bigtrain.growth.record import GrowthRecord, LayerRecord
 from bigtrain.growth.width import (
+    DEFAULT_NOISE_STD,
+    DEFAULT_SPLIT,
+    DEFAULT_SPLIT_SPREAD,
+    SPLIT_OPS,
     WIDTH_OPS,
     WidthContext,
+    check_split,
     layer_maps,
+    split_fractions,
     unit_map,
     widen,
     width_preserves_function,
@@ -116,6 +125,61 @@ def _resized(cfg: BigTrainConfig, **fields: Any) -> BigTrainConfig:
     return out
 
 
+@dataclass
+class Plan:
+    """What one grow will do, decided before any tensor is touched."""
+
+    depth_op: str | None
+    width_op: str | None
+    layers: list[LayerPlan]  # over the widened source: target layer -> source layer and init
+    wide: BigTrainConfig  # the source at the target width (widen first, then deepen: bert2BERT)
+    out: BigTrainConfig
+    ctx: WidthContext | None
+    step_init: str | None
+    mixture_init: str | None
+
+    @property
+    def name(self) -> str:
+        return "+".join(x for x in (self.depth_op, self.width_op) if x)
+
+
+class WidenedSource(Mapping[str, torch.Tensor]):
+    """The source layers at the target width, computed on lookup: what the depth operator copies.
+
+    Source layer j is widened with the replica maps of j (one map per source layer, so every depth
+    copy of j is the same tensor); AKI borrows from layer j + 1 in the source order."""
+
+    def __init__(self, cfg: BigTrainConfig, tensors: Mapping[str, torch.Tensor], plan: Plan, generator: Any):
+        self.cfg, self.tensors, self.plan, self.generator = cfg, tensors, plan, generator
+        self.maps: dict[int, Any] = {}
+
+    def layer_maps(self, j: int) -> Any:
+        ctx = self.plan.ctx
+        if j not in self.maps:
+            self.maps[j] = layer_maps(self.cfg, ctx.target, j, self.generator, ctx.split, ctx.split_spread)
+        return self.maps[j]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        j_text, name = key.removeprefix("model.layers.").split(".", 1)
+        j, ctx = int(j_text), self.plan.ctx
+        kw: dict[str, Any] = {}
+        upper = f"model.layers.{j + 1}.{name}"
+        if ctx.op == "aki" and j + 1 < self.cfg.num_hidden_layers and name in layer_shapes(self.cfg, j + 1):
+            kw["upper"] = self.tensors[upper]
+        if ctx.op == "mixture" and name.endswith("proj.weight"):
+            own = LayerPlan(j, "inherited", j, "inherited")
+            kw["templates"] = template_combination(
+                name, own, self.cfg, self.tensors, self.plan.mixture_init, self.generator
+            )
+        return widen(name, key, self.tensors[key], ctx, self.layer_maps(j), **kw)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self.tensors if k.startswith("model.layers."))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def grow(
     cfg: BigTrainConfig,
     tensors: Mapping[str, torch.Tensor],
@@ -128,7 +192,53 @@ def grow(
     kv_heads: int | None = None,
     init: str | None = None,
     seed: int = 0,
+    split: str | None = None,
+    split_spread: float | None = None,
+    noise_std: float | None = None,
+    placement: str | None = None,
 ) -> Grown:
+    """Phases: plan (operators, target config), record, produce (lazily, tensor by tensor)."""
+    generator = seeded(seed)
+    plan = make_plan(
+        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement
+    )
+    args = {
+        "layers": layers,
+        "hidden": hidden,
+        "ffn": ffn,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "init": plan.step_init or plan.mixture_init,
+        "seed": seed,
+        "placement": placement,
+    }
+    if plan.ctx is not None and plan.width_op in SPLIT_OPS:
+        args["split"] = plan.ctx.split
+        args["split_spread" if plan.ctx.split == "asymmetric" else "noise_std"] = (
+            plan.ctx.split_spread if plan.ctx.split == "asymmetric" else plan.ctx.noise_std
+        )
+        if plan.ctx.split == "even":
+            args.pop("noise_std")
+    record = make_record(cfg, plan, {k: v for k, v in args.items() if v is not None})
+    source = WidenedSource(cfg, tensors, plan, generator) if plan.ctx else tensors
+    return Grown(plan.out, produce(cfg, tensors, source, plan, generator), record, len(expected_shapes(plan.out)))
+
+
+def make_plan(
+    cfg: BigTrainConfig,
+    op: str | Sequence[str],
+    generator: Any,
+    layers: int | None,
+    hidden: int | None,
+    ffn: int | None,
+    heads: int | None,
+    kv_heads: int | None,
+    init: str | None,
+    split: str | None,
+    split_spread: float | None,
+    noise_std: float | None,
+    placement: str | None,
+) -> Plan:
     depth_op, width_op = parse_ops(op)
     op_name = "+".join(x for x in (depth_op, width_op) if x)
     if depth_op is None and layers not in (None, cfg.num_hidden_layers):
@@ -137,24 +247,24 @@ def grow(
         raise BigtrainError(f"--op {op_name}: --hidden/--ffn/--heads/--kv-heads need a width operator")
     if init is not None and depth_op != "step" and width_op != "mixture":
         raise BigtrainError(f"--op {op_name}: --init applies to step and mixture only")
-    generator = seeded(seed)
+    if width_op not in SPLIT_OPS and any(x is not None for x in (split, split_spread, noise_std)):
+        raise BigtrainError(f"--op {op_name}: --split/--split-spread/--noise-std apply to {', '.join(SPLIT_OPS)} only")
+    if placement is not None and depth_op is None:
+        raise BigtrainError(f"--op {op_name}: --placement needs a depth operator")
+    # one --init flag: it belongs to step when step is the depth operator, else to mixture
+    step_init = (init or "mean") if depth_op == "step" else None
+    mixture_init = ((init if depth_op != "step" else None) or "orthogonal") if width_op == "mixture" else None
 
-    plan = depth_plan(cfg, depth_op, layers, init) if depth_op else identity_plan(cfg.num_hidden_layers)
-    ffn_sizes, q_heads, kv = grown_layer_sizes(cfg, plan)
-    mid = _resized(
-        cfg,
-        num_hidden_layers=len(plan),
-        layer_intermediate_sizes=ffn_sizes,
-        layer_num_attention_heads=q_heads,
-        layer_num_key_value_heads=kv,
-    )
     ctx = None
-    out_cfg = mid
-    preserving = depth_preserves_function(plan)
+    wide = cfg
     if width_op:
-        target = width_target(mid, hidden, ffn, heads, kv_heads)
-        out_cfg = _resized(
-            mid,
+        split = split or DEFAULT_SPLIT
+        spread = DEFAULT_SPLIT_SPREAD if split_spread is None else split_spread
+        sigma = DEFAULT_NOISE_STD if noise_std is None else noise_std
+        check_split(split, spread, sigma)
+        target = width_target(cfg, hidden, ffn, heads, kv_heads)
+        wide = _resized(
+            cfg,
             hidden_size=target.hidden,
             intermediate_size=target.ffn,
             num_attention_heads=target.heads,
@@ -164,39 +274,54 @@ def grow(
             layer_num_key_value_heads=target.layer_kv_heads,
         )
         ctx = WidthContext(
-            width_op, mid, target, unit_map(cfg.hidden_size, target.hidden, generator("hidden")), generator
+            width_op, cfg, target, unit_map(cfg.hidden_size, target.hidden, generator("hidden")), generator
         )
-        preserving = preserving and width_preserves_function(width_op, mid, target)
-    # one --init flag: it belongs to step when step is the depth operator, else to mixture
-    step_init = (init or "mean") if depth_op == "step" else None
-    mixture_init = ((init if depth_op != "step" else None) or "orthogonal") if width_op == "mixture" else None
+        if width_op in SPLIT_OPS:
+            ctx.split, ctx.split_spread, ctx.noise_std = split, spread, sigma
+            if split == "asymmetric":
+                ctx.hidden_split = split_fractions(ctx.hidden, generator("hidden.split"), spread)
+    plan = depth_plan(wide, depth_op, layers, init, placement) if depth_op else identity_plan(cfg.num_hidden_layers)
+    ffn_sizes, q_heads, kv = grown_layer_sizes(wide, plan)
+    out = _resized(
+        wide,
+        num_hidden_layers=len(plan),
+        layer_intermediate_sizes=ffn_sizes,
+        layer_num_attention_heads=q_heads,
+        layer_num_key_value_heads=kv,
+    )
+    return Plan(depth_op, width_op, plan, wide, out, ctx, step_init, mixture_init)
 
-    record = GrowthRecord(
-        op=op_name,
-        operators=[x for x in (depth_op, width_op) if x],
-        args={
-            k: v
-            for k, v in {
-                "layers": layers,
-                "hidden": hidden,
-                "ffn": ffn,
-                "heads": heads,
-                "kv_heads": kv_heads,
-                "init": step_init or mixture_init,
-                "seed": seed,
-            }.items()
-            if v is not None
-        },
+
+def make_record(cfg: BigTrainConfig, plan: Plan, args: dict[str, Any]) -> GrowthRecord:
+    preserving = depth_preserves_function(plan.layers)
+    if plan.ctx is not None:
+        preserving = preserving and width_preserves_function(plan.width_op, cfg, plan.ctx.target, plan.ctx.split)
+    return GrowthRecord(
+        op=plan.name,
+        operators=[x for x in (plan.depth_op, plan.width_op) if x],
+        args=args,
         source={},
         source_config=config_summary(cfg),
-        target_config=config_summary(out_cfg),
+        target_config=config_summary(plan.out),
         function_preserving=preserving,
-        layers=[_layer_record(p, out_cfg) for p in plan],
-        non_layer_params={"inherited": [n for n in NON_LAYER if n in expected_shapes(out_cfg)], "new": []},
+        layers=[_layer_record(p, plan.out) for p in plan.layers],
+        non_layer_params={"inherited": [n for n in NON_LAYER if n in expected_shapes(plan.out)], "new": []},
     )
 
-    def widened(key: str, name: str, t: torch.Tensor, maps: Any = None, **kw: Any) -> torch.Tensor:
-        return widen(name, key, t, ctx, maps, **kw) if ctx else t
+
+def produce(
+    cfg: BigTrainConfig,
+    tensors: Mapping[str, torch.Tensor],
+    source: Mapping[str, torch.Tensor],
+    plan: Plan,
+    generator: Any,
+) -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
+    """The grown tensors in model order: non-layer tensors widened here, layers built by the depth
+    operator from the widened source layers."""
+    ctx = plan.ctx
+
+    def widened(key: str, name: str, t: torch.Tensor) -> torch.Tensor:
+        return widen(name, key, t, ctx, None) if ctx else t
 
     def vocab_rows(name: str) -> Iterator[torch.Tensor]:
         # embedding and LM head go in row blocks: their vocabulary axis never grows
@@ -205,27 +330,14 @@ def grow(
             block = read_rows(tensors, name, start, min(vocab, start + ROW_BLOCK))
             yield widened(f"{name}@{start}", name, block)
 
-    def produce() -> Iterator[tuple[str, Iterator[torch.Tensor]]]:
-        yield "model.embed_tokens.weight", vocab_rows("model.embed_tokens.weight")
-        builders = [layer_builders(p, cfg, tensors, generator) for p in plan]
-        for i, p in enumerate(plan):
-            maps = layer_maps(mid, ctx.target, i, generator) if ctx else None
-            for name, make in builders[i].items():
-                key = f"model.layers.{i}.{name}"
-                kw: dict[str, Any] = {}
-                if width_op == "aki" and i + 1 < len(plan) and name in builders[i + 1]:
-                    kw["upper"] = builders[i + 1][name]()
-                if width_op == "mixture" and name.endswith("proj.weight"):
-                    kw["templates"] = template_combination(name, p, cfg, tensors, mixture_init, generator)
-                yield key, iter([widened(key, name, make(), maps, **kw)])
-        yield (
-            "model.norm.weight",
-            iter([widened("model.norm.weight", "model.norm.weight", tensors["model.norm.weight"])]),
-        )
-        if not cfg.tie_word_embeddings:
-            yield "lm_head.weight", vocab_rows("lm_head.weight")
-
-    return Grown(out_cfg, produce(), record, len(expected_shapes(out_cfg)))
+    yield "model.embed_tokens.weight", vocab_rows("model.embed_tokens.weight")
+    for p in plan.layers:
+        for name, make in layer_builders(p, plan.wide, source, generator).items():
+            yield f"model.layers.{p.index}.{name}", iter([make()])
+    norm = "model.norm.weight"
+    yield norm, iter([widened(norm, norm, tensors[norm])])
+    if not cfg.tie_word_embeddings:
+        yield "lm_head.weight", vocab_rows("lm_head.weight")
 
 
 def _layer_record(p: LayerPlan, cfg: BigTrainConfig) -> LayerRecord:

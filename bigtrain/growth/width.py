@@ -13,6 +13,29 @@ Operators (docs/growth.md has the derivations):
   lm_head columns) divided by n_j c_j, and consumers of duplicated FFN units / heads (down_proj,
   o_proj columns) divided by the unit's replica count. With tied embeddings the LM head sees c_j
   instead of 1/(n_j c_j), a uniform factor D/d, which the final norm's gain absorbs.
+  `split` (net2net and aki) says how a unit's replicas share what it passed on:
+  - `even` (bert2BERT FPI): each of the n replicas passes on 1/n (the factors above).
+  - `asymmetric` (LEMON; the default): replica i of a unit passes on a fraction w_i, sum over the
+    unit's replicas = 1, w_i = u_i / sum_k u_k with u ~ Uniform(1 - s, 1 + s) per replica, seeded,
+    s = `split_spread` (default 0.5: two replicas get alpha and 1 - alpha, alpha in [0.25, 0.75]).
+    FFN units / heads: the down_proj / o_proj columns of replica i are multiplied by w_i instead of 1/n.
+    Residual channels: the *reading* weights are split, the writers are not. Why the RMS is kept: the
+    RMS of the residual stream depends only on its values h'_i, i.e. on the writers (embedding
+    columns, o_proj/down_proj rows), and those stay c_j h_j for every replica of channel j, so
+    sum_i h'_i^2 = sum_j n_j c_j^2 h_j^2 = (D/d) sum_j h_j^2 exactly as for `even`, and every RMSNorm
+    divides by the same number as the source's. After the norm, replica i carries c_j g_j h_j / rms;
+    a reader column of replica i multiplied by w_i / c_j (instead of 1/(n_j c_j)) contributes
+    w_i W_j g_j h_j / rms, and sum_i w_i = 1 gives back W_j g_j h_j / rms. (Splitting the writers
+    unevenly instead, h'_i = a_i h_j, would need sum_i a_i^2 = D/d for the RMS and sum_i a_i r_i = 1
+    for the readers; possible, but it changes the stream itself and every writer of every layer
+    would have to agree on a_i.) Tied embeddings: the LM head is the embedding, a writer, so the
+    split goes onto the final norm's gain: g'_i = g_j w_i / c_j^2 (sum_i c_j^2 g'_i = g_j; for
+    w_i = 1/n_j this is today's g_j d/D).
+    Replicas then receive different gradients (the writers of channel j through their different
+    readers; a unit's incoming weights through its different outgoing weights).
+  - `noise` (Net2Net): `even`, then every entry on a new (replica) index is multiplied by
+    (1 + sigma eps), eps ~ N(0, 1) seeded, sigma = `noise_std` (relative, default 0.01). Zero entries stay
+    zero (identity blocks stay identities). Not exactly preserving: the logits move by O(sigma).
 - `aki` (bert2BERT AKI): as net2net, but new FFN units and heads take their incoming and outgoing
   weights from the layer above (the top layer uses its own): breaks symmetry, not preserving.
 - `zero-width`: new entries are random where they read and zero where they write into the residual
@@ -34,6 +57,11 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
 
 WIDTH_OPS = ("net2net", "aki", "zero-width", "random-width", "mixture")
+SPLITS = ("asymmetric", "noise", "even")
+DEFAULT_SPLIT = "asymmetric"
+DEFAULT_SPLIT_SPREAD = 0.5  # u ~ U(0.5, 1.5): two replicas split alpha, 1 - alpha with alpha in [0.25, 0.75]
+DEFAULT_NOISE_STD = 0.01
+SPLIT_OPS = ("net2net", "aki")  # the operators that duplicate units, heads and residual channels
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,14 @@ class AxisMap:
         """The map of a head axis expanded to the head_dim rows of a projection."""
         src = (self.src[:, None] * block + torch.arange(block)).flatten()
         return AxisMap(src, self.new.repeat_interleave(block), self.n_source * block)
+
+
+def split_fractions(m: AxisMap, g: torch.Generator, spread: float) -> torch.Tensor:
+    """w per target index: replica i of source unit j passes on u_i / sum_{k in R_j} u_k,
+    u ~ U(1 - spread, 1 + spread); a unit without replicas keeps exactly 1."""
+    u = 1.0 + spread * (2.0 * torch.rand(len(m.src), generator=g) - 1.0)
+    total = torch.zeros(m.n_source).index_add_(0, m.src, u)
+    return torch.where(m.counts[m.src] > 1, u / total[m.src], torch.ones_like(u))
 
 
 def identity_map(n: int) -> AxisMap:
@@ -138,6 +174,8 @@ class LayerMaps:
     q: AxisMap  # over heads
     kv: AxisMap
     ffn: AxisMap | None
+    q_split: torch.Tensor | None = None  # asymmetric: w per target query head
+    ffn_split: torch.Tensor | None = None  # asymmetric: w per target FFN unit
 
 
 # role of each axis: hw = hidden, written into the residual stream; hr = hidden, read after a norm;
@@ -171,6 +209,10 @@ class WidthContext:
     target: WidthTarget
     hidden: AxisMap
     generator: Callable[[str], torch.Generator]
+    split: str = "even"
+    split_spread: float = DEFAULT_SPLIT_SPREAD
+    noise_std: float = DEFAULT_NOISE_STD
+    hidden_split: torch.Tensor | None = None  # asymmetric: w per target hidden channel
 
     @property
     def hidden_scale(self) -> torch.Tensor:
@@ -190,15 +232,29 @@ def axis_map(role: str, ctx: WidthContext, maps: LayerMaps | None, size: int) ->
     return identity_map(size)
 
 
-def fpi_scale(role: str, m: AxisMap, ctx: WidthContext) -> torch.Tensor | None:
-    """Net2Net's per-target-index factor on an axis of the given role (None: 1)."""
+def fpi_scale(role: str, m: AxisMap, ctx: WidthContext, maps: LayerMaps | None = None) -> torch.Tensor | None:
+    """Net2Net's per-target-index factor on an axis of the given role (None: 1); with the asymmetric
+    split the replicas' fractions w replace 1/n on the reading and consuming axes."""
     if role == "hw":
         return ctx.hidden_scale[m.src]
+    if ctx.split == "asymmetric":
+        if role == "hr":
+            return ctx.hidden_split / ctx.hidden_scale[m.src]
+        if role == "qc":
+            return maps.q_split.repeat_interleave(ctx.cfg.head_dim)
+        if role == "ffnc":
+            return maps.ffn_split
     if role == "hr":
         return 1.0 / (ctx.hidden.counts * ctx.hidden_scale)[m.src]
     if role in ("qc", "ffnc"):
         return 1.0 / m.counts[m.src]
     return None
+
+
+def with_noise(out: torch.Tensor, mask: torch.Tensor, ctx: WidthContext, key: str) -> torch.Tensor:
+    """Net2Net's symmetry breaking: entries on a replica index times (1 + sigma eps); zeros stay zero."""
+    eps = torch.randn(out.shape, generator=ctx.generator(f"{key}.noise"))
+    return torch.where(mask, out * (1.0 + ctx.noise_std * eps), out)
 
 
 def gather(w: torch.Tensor, maps: list[AxisMap]) -> torch.Tensor:
@@ -222,8 +278,11 @@ def widen(
     op = ctx.op
     if roles == ("g",):
         out = w[ctx.hidden.src]
-        if op in ("net2net", "aki") and name == "model.norm.weight" and ctx.cfg.tie_word_embeddings:
-            out = out * (ctx.hidden.n_source / len(ctx.hidden.src))
+        if op in SPLIT_OPS and name == "model.norm.weight" and ctx.cfg.tie_word_embeddings:
+            if ctx.split == "asymmetric":  # the tied LM head cannot be split: the gain takes w_i / c_j^2
+                out = out * ctx.hidden_split / ctx.hidden_scale[ctx.hidden.src] ** 2
+            else:
+                out = out * (ctx.hidden.n_source / len(ctx.hidden.src))
         elif op == "zero-width":
             out = out * math.sqrt(ctx.hidden.n_source / len(ctx.hidden.src))
         elif op == "random-width":
@@ -237,9 +296,11 @@ def widen(
             # new units take their weights from the layer above (bert2BERT AKI); replica counts as FPI
             out = torch.where(entries_on(roles, axes, UNIT_ROLES), gather(upper.float(), axes), out)
         for k, (r, a) in enumerate(zip(roles, axes, strict=True)):
-            s = fpi_scale(r, a, ctx)
+            s = fpi_scale(r, a, ctx, maps)
             if s is not None:
                 out.mul_(s[:, None] if k == 0 else s[None, :])
+        if ctx.split == "noise":
+            out = with_noise(out, entries_on(roles, axes, roles), ctx, key)
         return out
     fresh = axes[0].new[:, None] | axes[1].new[None, :]
     if op == "mixture":
@@ -262,8 +323,14 @@ def entries_on(roles: tuple[str, ...], axes: list[AxisMap], which: tuple[str, ..
 
 
 def layer_maps(
-    cfg: BigTrainConfig, target: WidthTarget, i: int, generator: Callable[[str], torch.Generator]
+    cfg: BigTrainConfig,
+    target: WidthTarget,
+    i: int,
+    generator: Callable[[str], torch.Generator],
+    split: str = "even",
+    spread: float = DEFAULT_SPLIT_SPREAD,
 ) -> LayerMaps:
+    """The replica maps of source layer i (every depth copy of it shares them)."""
     g = generator(f"layer{i}.maps")
     q, kv = head_maps(
         cfg.layer_num_attention_heads[i],
@@ -273,10 +340,24 @@ def layer_maps(
         g,
     )
     f = cfg.layer_intermediate_sizes[i]
-    return LayerMaps(q, kv, unit_map(f, target.layer_ffn[i], g) if f else None)
+    ffn = unit_map(f, target.layer_ffn[i], g) if f else None
+    if split != "asymmetric":
+        return LayerMaps(q, kv, ffn)
+    gs = generator(f"layer{i}.split")  # its own stream: the maps are those of `even`
+    q_split = split_fractions(q, gs, spread)
+    return LayerMaps(q, kv, ffn, q_split, split_fractions(ffn, gs, spread) if ffn else None)
 
 
-def width_preserves_function(op: str, cfg: BigTrainConfig, target: WidthTarget) -> bool:
+def check_split(split: str, spread: float, noise_std: float) -> None:
+    if split not in SPLITS:
+        raise BigtrainError(f"--split {split} is not one of {', '.join(SPLITS)}")
+    if not 0 <= spread < 1:
+        raise BigtrainError(f"--split-spread {spread}: must be in [0, 1) (u ~ U(1 - s, 1 + s) must stay positive)")
+    if not noise_std >= 0:
+        raise BigtrainError(f"--noise-std {noise_std}: must be >= 0")
+
+
+def width_preserves_function(op: str, cfg: BigTrainConfig, target: WidthTarget, split: str = "even") -> bool:
     if op == "net2net":
-        return True
+        return split != "noise"
     return op == "zero-width" and target.hidden == cfg.hidden_size
