@@ -296,6 +296,11 @@ class GrowSpec(Section):
     kv_heads: int | None = None
     init: str | None = None
     seed: int | None = None
+    # width replicas (net2net, aki): asymmetric (LEMON; the default when unset) | noise (Net2Net) | even (FPI)
+    split: Literal["asymmetric", "noise", "even"] | None = None
+    split_spread: float | None = Field(default=None, ge=0, lt=1)  # asymmetric: u ~ U(1-s, 1+s); default 0.5
+    noise_std: float | None = Field(default=None, ge=0)  # noise: relative std; default 0.01
+    placement: Literal["upper", "after-each"] | None = None  # step/zero-depth/random-depth; default upper
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:

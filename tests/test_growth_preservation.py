@@ -29,13 +29,18 @@ CONFIGS = {
     "heterogeneous": lambda: heterogeneous_config(),
     "tied": lambda: tiny_config(tie_word_embeddings=True),
 }
-PRESERVING = [
+PRESERVING = [  # net2net / aki split: asymmetric (the default) unless given
     ("net2net", {"hidden": 96, "ffn": 144, "heads": 8}),
     ("net2net", {"hidden": 80}),  # an uneven split: some channels replicated, most not
+    ("net2net", {"hidden": 96, "ffn": 144, "heads": 8, "split": "even"}),
+    ("net2net", {"hidden": 80, "split": "even"}),
+    ("net2net", {"hidden": 112, "ffn": 288, "heads": 8, "split_spread": 0.9}),  # up to 4 replicas, far from even
     ("zero-width", {"ffn": 192, "heads": 8}),
     ("zero-depth", {"layers": 6}),
     ("step", {"layers": 6, "init": "zero"}),
     ("zero-depth+net2net", {"layers": 5, "hidden": 96, "ffn": 192, "heads": 8}),
+    ("zero-depth+net2net", {"layers": 6, "hidden": 96, "ffn": 192, "heads": 8, "placement": "after-each"}),
+    ("zero-depth", {"layers": 7, "placement": "after-each"}),
 ]
 NOT_PRESERVING = [
     ("stack", {"layers": 6}),

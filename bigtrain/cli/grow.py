@@ -29,6 +29,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-heads", type=int, help="target reference kv heads (default: keep the query/kv ratio)")
     p.add_argument("--init", help="step: mean|copy|zero (default mean); mixture: orthogonal|copy|random|zero")
     p.add_argument("--seed", type=int, default=0, help="seed of the unit maps and random inits (default 0)")
+    p.add_argument(
+        "--split",
+        choices=("asymmetric", "noise", "even"),
+        help="net2net/aki replicas: asymmetric (LEMON, default: unequal exact split), noise (Net2Net), even (FPI)",
+    )
+    p.add_argument("--split-spread", type=float, help="asymmetric: fractions from U(1-s, 1+s), normalised (0.5)")
+    p.add_argument("--noise-std", type=float, help="noise: relative std of the replicas' perturbation (0.01)")
+    p.add_argument(
+        "--placement",
+        choices=("upper", "after-each"),
+        help="step/zero-depth/random-depth: new layers in the upper gaps (default) or after each layer "
+        "(zero-depth: a zeroed copy of each layer, G_zero)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
     p.add_argument("--max-shard-mb", type=int, default=2048, help="output shard size in MiB (2048)")
     p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
@@ -60,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
                 kv_heads=args.kv_heads,
                 init=args.init,
                 seed=args.seed,
+                split=args.split,
+                split_spread=args.split_spread,
+                noise_std=args.noise_std,
+                placement=args.placement,
             )
         except VerificationError as e:
             print(f"error: {e}", file=sys.stderr)
