@@ -13,21 +13,28 @@ from bigtrain.data.dataset import SequenceRange
 from bigtrain.train.distributed import World
 
 
+def held_out_count(available: int, micro: int, max_batches: int) -> int:
+    """How many held-out sequences an evaluation reads: the first `max_batches * micro`, on any number of
+    ranks (the set must not depend on the world size, or the same model scores differently on 1 and 2 ranks)."""
+    return min(available, max_batches * micro)
+
+
 @torch.no_grad()
 def evaluate(engine: Any, data: SequenceRange, world: World, micro: int, max_batches: int) -> dict[str, float]:
-    """The first `max_batches * micro * world` held-out sequences (fixed, so evaluations compare)."""
+    """The first `max_batches * micro` held-out sequences (fixed, so evaluations compare), split across ranks."""
     engine.eval()
-    n = min(data.count, max_batches * micro * world.size)
+    n = held_out_count(data.count, micro, max_batches)
     mine = np.arange(n)[world.rank :: world.size]
     total = torch.zeros(2, dtype=torch.float64, device=engine.device)
-    # every rank runs the same number of forwards: ZeRO-3 gathers are collective
+    # every rank runs the same number of forwards (ZeRO-3 gathers are collective); a rank whose share is
+    # used up runs a stand-in batch that is not counted
     steps = math.ceil(math.ceil(n / world.size) / micro) if n else 0
     for i in range(steps):
         idx = mine[i * micro : (i + 1) * micro]
         pad = len(idx) == 0
         batch = data.batch(idx if not pad else np.arange(1)).to(engine.device)
         loss = engine(input_ids=batch, labels=batch).loss
-        if not pad:
+        if not pad:  # every sequence has seq_len - 1 targets, so a batch's mean weighs by its sequences
             total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64, device=engine.device)
     dist.all_reduce(total)
     engine.train()
