@@ -289,3 +289,30 @@ def test_truncated_shard_is_refused_when_training(tmp_path: Path, tokenizer, sma
         prepare_run_data(DataConfig(token_dir=str(tmp_path / "t")), tmp_path / "cache")
     index = json.loads((tmp_path / "t" / "index.json").read_text())
     assert index["num_documents"] == 2 and len(index["shards"]) == 2
+
+
+def test_concurrent_prepare_parts_write_one_index(tmp_path: Path, tokenizer, small_files: list[Path]) -> None:
+    """Issue 21: N `bigtrain-data prepare --shard I/N` processes started together (a Slurm array); each
+    used to read the finished shards once, at its start, so none wrote the index. The last to finish does."""
+    import subprocess
+    import sys
+
+    demo = str(REPO / "recipes" / "demo.yaml")
+    files = "data.train_files=[" + ",".join(str(f) for f in small_files) + "]"
+    out = tmp_path / "tok"
+    n = len(small_files)
+    cmd = [sys.executable, "-m", "bigtrain.cli.data", "prepare", demo, files, "data.eval_files=[]", "--out", str(out)]
+    procs = [
+        subprocess.Popen([*cmd, "--shard", f"{i}/{n}", "--workers", "1"], stdout=subprocess.PIPE, text=True)
+        for i in range(n)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, outputs
+    assert (out / "index.json").is_file()
+    assert sum("tokens," in o for o in outputs) >= 1  # at least one part saw the store complete
+    one = prepare_store(source_of(small_files), tokenizer, tmp_path / "one", workers=1)
+    assert one is not None
+    shards = {k: v for k, v in store_bytes(out).items() if k.startswith("shards/")}
+    assert shards == {k: v for k, v in store_bytes(tmp_path / "one").items() if k.startswith("shards/")}
+    index = json.loads((out / "index.json").read_text())
+    assert [s["unit"] for s in index["shards"]] == list(range(n)) and index["num_tokens"] == one.meta.num_tokens

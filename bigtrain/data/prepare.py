@@ -22,7 +22,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from bigtrain.config import DataConfig, SourceConfig
-from bigtrain.data.sources import Unit, expand_files, source_units, unit_documents
+from bigtrain.data.sources import Unit, expand_files, source_units, unit_documents, units_from_rows
 from bigtrain.data.store import (
     FORMAT,
     INDEX,
@@ -32,6 +32,8 @@ from bigtrain.data.store import (
     dtype_for,
     finished_shard,
     open_tokens,
+    prepare_lock,
+    read_settings,
     write_index,
 )
 from bigtrain.data.tokenizer import document_specials, load_tokenizer, tokenizer_identity
@@ -232,9 +234,17 @@ def prepare_store(
         store = TokenStore(target)
         if store.meta.fingerprint == settings["fingerprint"]:
             return store
-    units = source_units(spec)
-    settings["num_units"] = len(units)
-    claim_directory(target, settings)
+    with prepare_lock(target):  # one part counts a dataset's rows and claims; the others read its settings
+        have = read_settings(target)
+        if have and have.get("fingerprint") == settings["fingerprint"] and have.get("num_units") is not None:
+            settings = have
+            units = units_from_rows(have["num_rows"]) if "num_rows" in have else source_units(spec)
+        else:
+            units = source_units(spec)
+            settings["num_units"] = len(units)
+            if units and units[0].rows is not None:
+                settings["num_rows"] = units[-1].rows[1]
+        claim_directory(target, settings)
     itemsize = dtype_for(len(tok)).itemsize
     cap = spec.get("max_tokens")
     if cap is not None and part[1] > 1:
@@ -255,6 +265,8 @@ def prepare_store(
         n = 1 if small else min(n, len(todo))
         for record in _run(target, spec, todo, tok.name_or_path, n):
             done[record["unit"]] = record
+    if cap is None:  # re-read from disk: parts running at the same time may have finished theirs meanwhile
+        done = {u.index: r for u in units if (r := finished_shard(target, u.index, itemsize))}
     if any(u.index not in done for u in units):
         if log:
             print(f"bigtrain: part {part[0]}/{part[1]}: {len(done)} of {len(units)} shards done at {target}")
@@ -262,7 +274,10 @@ def prepare_store(
     records = [done[u.index] for u in units]
     if sum(r["tokens"] for r in records) == 0:
         raise BigtrainError(f"{spec['key']}: the data is empty (no text to tokenise)")
-    write_index(target, settings, records)
+    # every shard is there: this part is the last (or ties with another); the lock lets one write the index
+    with prepare_lock(target):
+        if not (target / INDEX).is_file():
+            write_index(target, settings, records)
     store = TokenStore(target)
     if log:
         m = store.meta

@@ -114,7 +114,11 @@ def source_units(spec: dict) -> list[Unit]:
         return [Unit(i, file=f) for i, (f, _, _) in enumerate(spec["files"])]
     if spec.get("streaming"):
         return [Unit(0)]
-    n = len(open_dataset(spec))
+    return units_from_rows(len(open_dataset(spec)))
+
+
+def units_from_rows(n: int) -> list[Unit]:
+    """The units of a dataset of `n` rows (what `settings.json` records, so other parts need not count)."""
     return [Unit(i, rows=(a, min(a + DATASET_UNIT_ROWS, n))) for i, a in enumerate(range(0, n, DATASET_UNIT_ROWS))]
 
 

@@ -12,9 +12,12 @@ rename, so a crash leaves no half shard; a rerun keeps the finished shards and w
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ FORMAT = "bigtrain-tokens/1"
 SETTINGS = "settings.json"
 INDEX = "index.json"
 SHARDS = "shards"
+LOCK = ".prepare.lock"  # flock'd by concurrent parts around the claim and around writing the index
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -41,9 +45,31 @@ def shard_name(unit: int) -> str:
 # --- writing ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def prepare_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on `target` shared by every part preparing it (on one machine or several over a
+    shared file system that supports flock). `shards/` is made first, so the directory a part sees is
+    never one with settings and no shard folder."""
+    (target / SHARDS).mkdir(parents=True, exist_ok=True)
+    with open(target / LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_settings(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((target / SETTINGS).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def claim_directory(target: Path, settings: dict[str, Any]) -> None:
-    """Start or continue preparing `target`. Parts prepared with other settings are never mixed in."""
-    target.mkdir(parents=True, exist_ok=True)
+    """Start or continue preparing `target` (call under `prepare_lock`). Parts prepared with other settings
+    are never mixed in."""
+    (target / SHARDS).mkdir(parents=True, exist_ok=True)  # first: a part never sees settings without shards/
     existing = target / SETTINGS
     if existing.is_file():
         have = json.loads(existing.read_text())
@@ -57,7 +83,6 @@ def claim_directory(target: Path, settings: dict[str, Any]) -> None:
     if any(p.name != SHARDS and not p.name.startswith(".") for p in target.iterdir()):
         raise BigtrainError(f"{target}: exists and is not a token directory being prepared; use another directory")
     write_text_atomic(existing, json.dumps(settings, indent=2))
-    (target / SHARDS).mkdir(exist_ok=True)
 
 
 def finished_shard(target: Path, unit: int, itemsize: int) -> dict[str, Any] | None:
