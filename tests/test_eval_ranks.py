@@ -4,28 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.trainer_runs import DEEPSPEED, REPO, free_port
+from tests.trainer_runs import REPO, run_ranks
 
 
 def scores(ranks: int, demo_data: Path, cache: Path, out: Path) -> dict:
-    script = str(REPO / "tests" / "eval_ranks.py")
-    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())] if ranks > 1 else []
-    result = subprocess.run(
-        [*(launcher or [sys.executable]), script, str(demo_data), str(cache), str(out)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_ranks(REPO / "tests" / "eval_ranks.py", [str(demo_data), str(cache), str(out)], ranks)
     return json.loads(out.read_text())
 
 

@@ -6,8 +6,6 @@ ZeRO-3 with leaf layers and the head weight as an external parameter against sta
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.zero_stage import choose_zero_stage, model_state_bytes
 from tests.growth_helpers import llama_3_2_1b_config, tiny_config
-from tests.trainer_runs import DEEPSPEED, REPO, free_port
+from tests.trainer_runs import REPO, run_ranks
 
 GIB = 2**30
 needs_liger = pytest.mark.skipif(
@@ -215,23 +213,7 @@ def test_zero3_leaf_layers_and_external_head_equal_stage0(tmp_path: Path, tokens
     gives stage 0's plain-loss loss and full gradients on the same batch."""
     torch.save(tokens, tmp_path / "tokens.pt")
     out = tmp_path / "result.json"
-    cmd = [
-        str(DEEPSPEED),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "tests" / "fast_path_ranks.py"),
-    ]
-    result = subprocess.run(
-        [*cmd, str(tmp_path / "tokens.pt"), str(out)],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_ranks(REPO / "tests" / "fast_path_ranks.py", [str(tmp_path / "tokens.pt"), str(out)], 2)
     r = json.loads(out.read_text())
     assert r["leaf_layers"] == 2 and r["zero3_stage"] == 3 and r["stage0_stage"] == 0
     assert r["zero3_loss"] == pytest.approx(r["stage0_loss"], rel=1e-5)

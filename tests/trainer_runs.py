@@ -61,6 +61,21 @@ def launch(overrides: list[str], ranks: int, recipe: Path | None = None, check: 
     return result
 
 
+def run_ranks(script: Path, args: list[str], ranks: int) -> subprocess.CompletedProcess:
+    """Run a test script on `ranks` ranks (the deepspeed launcher, or plain python for one); it must exit 0."""
+    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())] if ranks > 1 else []
+    result = subprocess.run(
+        [*(launcher or [sys.executable]), str(script), *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 def free_port() -> int:
     import socket
 
