@@ -1,8 +1,9 @@
 """Stage resolution: a staged recipe becomes an ordered list of flat, runnable stages.
 
 Each stage is an ordinary single-stage `Recipe` (what `bigtrain/train.py` runs) plus where its weights
-come from: the previous stage's export, grown by `grow:` into `<output_dir>/<stage>/init` when the stage
-has one. Validation happened at load (`bigtrain.config.check_stages`); this only assembles.
+come from: the previous stage's last training checkpoint (or its export: `grow.source`), grown by `grow:`
+into `<output_dir>/<stage>/init` when the stage has one. `train.schedule_scope: pipeline` cuts one LR
+schedule into the stages' slices here (`pipeline_schedule`). Validation happened at load (`bigtrain.config.check_stages`); this only assembles.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Stage:
     name: str
     recipe: Recipe  # flat: output_dir is the stage's directory, init_from where its weights come from
     grow: GrowSpec | None
-    grow_from: str | None  # the checkpoint `grow` reads (previous export, or the recipe's init_from)
+    grow_from: str | None  # what `grow` reads (the previous stage's run dir or export, or the recipe's init_from)
     inherited_layers: int  # layers of the previous stage (0 for the first)
     root: Path | None = None  # a staged recipe's output_dir, above the stage directories (None: a flat recipe)
 
