@@ -234,3 +234,13 @@ def test_pipeline_scope_needs_fixed_stage_lengths(tmp_path: Path) -> None:
     path = write(tmp_path, "  - name: s1\n    train: {max_steps: null, tokens: 1000}\n  - name: s2\n    grow: {op: stack, layers: 4}\n", head)
     with pytest.raises(RecipeError, match="schedule_scope: pipeline needs every stage's length fixed"):
         resolve_stages(load_recipe(path), source=str(path))
+
+
+def test_evals_are_dense_right_after_growth() -> None:
+    from bigtrain.config import TrainConfig
+    from bigtrain.train.loop import eval_due
+
+    t = TrainConfig(eval_every=10, eval_after_growth={"every": 2, "steps": 6})
+    assert [s for s in range(1, 31) if eval_due(t, s, grown=True)] == [2, 4, 6, 10, 20, 30]
+    assert [s for s in range(1, 31) if eval_due(t, s, grown=False)] == [10, 20, 30]
+    assert not any(eval_due(TrainConfig(), s, grown=True) for s in range(1, 30))  # eval_every 0: the end only
