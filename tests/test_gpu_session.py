@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.trainer_runs import REPO
@@ -42,3 +43,27 @@ def test_the_second_calls_parse(tmp_path: Path) -> None:
     result = dry(tmp_path, "install", "stepmem", "gstack", deadline=100000)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "OVERRIDES REJECTED" not in result.stdout and "dry run: 0 problem(s)" in result.stdout
+
+
+def fake_wheel(d: Path, name: str, *requires: str) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(d / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        meta = [f"Name: {name}", "Version: 1.0", *(f"Requires-Dist: {r}" for r in requires)]
+        z.writestr(f"{name}-1.0.dist-info/METADATA", "\n".join(meta) + "\n")
+
+
+def test_carried_wheels_need_nothing_the_image_lacks(tmp_path: Path) -> None:
+    kinds = tmp_path / "KINDS.md"
+    kinds.write_text("nvidia-h200: their image holds these. Packages: numpy, torch, packaging.\n")
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    fake_wheel(wheels, "deepspeed", "torch", "numpy>=1", "hjson", "pytest; extra == 'dev'", "pywin32; sys_platform == 'win32'")
+    fake_wheel(wheels, "hjson")
+    cmd = [sys.executable, "tools/gpu/check_wheels.py", "--wheels", str(wheels), "--kinds", str(kinds)]
+    ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    fake_wheel(wheels, "huggingface_hub", "httpx2>=0.1", "packaging")
+    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"error: huggingface-hub needs httpx2>=0.1 (not in {wheels}/, not in the image)"
