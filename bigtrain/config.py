@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
+from bigtrain.model.layout import derive_layers
 
 
 class RecipeError(ValueError):
@@ -69,8 +70,6 @@ class ModelSpec(Section):
 
     def build_config(self, vocab_size: int | None = None) -> BigTrainConfig:
         """The model config with the per-layer sizes that the layout scheme gives."""
-        from bigtrain.model.layout import derive_layers
-
         ffn, heads, kv = derive_layers(self)
         return BigTrainConfig(
             vocab_size=vocab_size or self.vocab_size or 32000,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config import RecipeError, load_recipe
-from bigtrain.pipeline.family import lr_by_size
+from bigtrain.pipeline.lr_scaling import lr_by_size
 from bigtrain.pipeline.stages import resolve_stages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from typing import NoReturn
 from bigtrain.cli.common import run_cli
 from bigtrain.config import ModelSpec, deep_merge, parse_overrides, read_yaml, validate_recipe
 from bigtrain.errors import BigtrainError
-from bigtrain.model.layout_report import format_layout, layout_report, plot_layout
+from bigtrain.report.layout import format_layout, layout_report, plot_layout
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 

@@ -22,7 +22,7 @@ from bigtrain.config import (
     parse_overrides,
     validate_recipe,
 )
-from bigtrain.pipeline.family import lr_by_size
+from bigtrain.pipeline.lr_scaling import lr_by_size
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,14 @@ from bigtrain.data.prepare import check_vocab
 from bigtrain.data.sampler import make_sampler, resume_notes, tokens_by_source
 from bigtrain.errors import BigtrainError
 from bigtrain.evaluation.downstream import require_lm_eval
-from bigtrain.evaluation.in_training import downstream_scores
-from bigtrain.evaluation.in_training import due as downstream_due
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.counting import palm_flops_per_token, train_flops_per_token
 from bigtrain.train import state_bytes
 from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.checkpoint import TrainState, load_checkpoint, read_state, resume_checkpoint, save_checkpoint
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
+from bigtrain.train.downstream_eval import downstream_scores
+from bigtrain.train.downstream_eval import due as downstream_due
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
 from bigtrain.train.fast_path import plan_engine, prepare_model, resumed_zero_stage

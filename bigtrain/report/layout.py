@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bigtrain.config import ModelSpec
 from bigtrain.model.counting import embedding_params, layer_params, total_params
 from bigtrain.model.layout import plan_layers
-
-if TYPE_CHECKING:
-    from bigtrain.config import ModelSpec
 
 
 def layout_report(spec: ModelSpec) -> dict[str, Any]:
