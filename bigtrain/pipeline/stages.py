@@ -7,6 +7,7 @@ has one. Validation happened at load (`bigtrain.config.check_stages`); this only
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from bigtrain.config import (
     GrowSpec,
     Recipe,
     RecipeError,
+    TrainConfig,
     check_stages,
     deep_merge,
     parse_overrides,
@@ -43,7 +45,26 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        return (self.export_dir / "config.json").is_file()
+        return stage_finished(self.output_dir, self.recipe.train)
+
+
+def stage_finished(out: Path, train: TrainConfig) -> bool:
+    """A stage is finished when it is exported and its run.json says it trained as long as the recipe now
+    asks. A recipe given more steps (or tokens) since is not finished: the trainer extends the run from its
+    last checkpoint, as `bigtrain-train` does on the same recipe. Tokens rather than steps for `train.tokens`,
+    so the answer does not depend on the world size the stage will run on."""
+    if not (out / "hf" / "config.json").is_file():
+        return False
+    try:
+        info = json.loads((out / "run.json").read_text())
+        if info.get("status") != "finished":
+            return False
+        if train.max_steps is not None:
+            return int(info["step"]) >= train.max_steps
+        return train.tokens is not None and float(info["tokens"]) >= train.tokens
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # no readable record next to the export: let the trainer look (it does nothing if nothing is left)
+        return False
 
 
 def stage_dir(root: str | Path, name: str) -> Path:
