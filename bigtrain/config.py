@@ -179,6 +179,14 @@ class DownstreamConfig(Section):
     batch_size: int = Field(default=8, ge=1)
 
 
+class EvalAfterGrowth(Section):
+    """Held-out evals every `every` steps during the first `steps` steps of a stage that starts from grown
+    weights (next to the eval before its first update, which every such stage runs)."""
+
+    every: int = Field(default=1, ge=1)
+    steps: int = Field(default=10, ge=1)
+
+
 class TrainConfig(Section):
     max_steps: int | None = None
     tokens: float | None = None  # alternative to max_steps: train on this many tokens
@@ -189,6 +197,15 @@ class TrainConfig(Section):
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     warmup_steps: int = 10
     decay_fraction: float = 0.2  # wsd: share of steps in the final decay
+    decay_steps: int | None = Field(default=None, ge=1)  # wsd: the final decay's length in steps (overrides the share)
+    # Where this run sits in its LR schedule: step s of the run takes the schedule's step schedule_start + s of
+    # schedule_steps (default: the run's own length). A staged recipe with schedule_scope: pipeline sets both
+    # per stage (one warm-up and decay over the whole pipeline); a stage-scope small model given a longer
+    # schedule_steps stops before its decay, as the G_stack authors' small models do.
+    schedule_scope: Literal["stage", "pipeline"] = "stage"
+    schedule_steps: int | None = Field(default=None, ge=1)
+    schedule_start: int = Field(default=0, ge=0)
+    rewarm_steps: int = Field(default=0, ge=0)  # after a growth: a linear re-warm to the schedule's LR (grow.rewarm_steps)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -208,6 +225,7 @@ class TrainConfig(Section):
     sync_every: int = 10  # host syncs (preemption check) every n steps, and on log steps
     eval_every: int = 0  # 0: only at the end
     eval_batches: int = 8
+    eval_after_growth: EvalAfterGrowth | None = None  # dense evals in a grown stage's first steps
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
     save_failure: Literal["stop", "retry"] = "stop"  # a failed save: stop the run, or train on and retry next interval
@@ -298,6 +316,12 @@ class GrowSpec(Section):
     split_spread: float | None = Field(default=None, ge=0, lt=1)  # asymmetric: u ~ U(1-s, 1+s); default 0.5
     noise_std: float | None = Field(default=None, ge=0)  # noise: relative std; default 0.01
     placement: Literal["upper", "after-each"] | None = None  # step/zero-depth/random-depth; default upper
+    # The hand-over (docs/staged.md): grow the previous stage's last training checkpoint (its fp32 masters) or
+    # its export; `carry` maps its Adam moments through the operator too (new parameters start at zero
+    # moments, the step count goes on); `rewarm_steps` re-warms the LR after the growth.
+    source: Literal["checkpoint", "export"] = "checkpoint"
+    optimizer: Literal["fresh", "carry"] = "fresh"
+    rewarm_steps: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:
@@ -307,6 +331,8 @@ class GrowSpec(Section):
                 raise ValueError(f"unknown growth op {part!r} (known: {', '.join(DEPTH_OPS + WIDTH_OPS)})")
         if sum(p in DEPTH_OPS for p in parts) > 1 or sum(p in WIDTH_OPS for p in parts) > 1:
             raise ValueError(f"op {self.op!r}: at most one depth and one width operator, joined by '+'")
+        if self.optimizer == "carry" and self.source == "export":
+            raise ValueError("optimizer: carry needs source: checkpoint (an export holds no optimizer state)")
         return self
 
     def sizes(self) -> dict[str, int]:
@@ -315,7 +341,11 @@ class GrowSpec(Section):
 
     def grow_args(self) -> dict[str, Any]:
         """Keyword arguments for `bigtrain.growth.grow_checkpoint` (op excluded)."""
-        return {k: v for k, v in self.model_dump().items() if k != "op" and v is not None}
+        skip = ("op", *HANDOVER_FIELDS)
+        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+
+
+HANDOVER_FIELDS = ("source", "optimizer", "rewarm_steps")  # GrowSpec fields that are not operator arguments
 
 
 class StageSpec(Section):

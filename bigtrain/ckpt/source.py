@@ -88,6 +88,7 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
     _read_rows: object = None  # (name, start, stop) -> rows of the tensor
     _shapes: dict | None = None
     _dtype: torch.dtype = torch.float32
+    zero3: Zero3Checkpoint | None = None  # a training checkpoint: its Adam moments can be read too
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._shapes:
@@ -109,6 +110,12 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return self._read_rows(name, start, stop)
 
+    def optimizer_state(self, key: str) -> OptimizerState:
+        """The optimizer's per-parameter state `key` (`exp_avg`, `exp_avg_sq`) as a mapping like this one."""
+        if self.zero3 is None:
+            raise BigtrainError(f"{self.path}: an {self.kind} checkpoint holds no optimizer state (a training checkpoint does)")
+        return OptimizerState(self, key)
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the stored weights (fp32 for ZeRO-3 master weights)."""
@@ -123,6 +130,27 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
                 k *= x
             n += k
         return n * self._dtype.itemsize
+
+
+class OptimizerState(Mapping[str, torch.Tensor]):
+    """One optimizer state of a training checkpoint, keyed and shaped like its weights, read on access."""
+
+    def __init__(self, source: CheckpointSource, key: str) -> None:
+        self.source, self.key = source, key
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.rows(name, 0, self.source.shape(name)[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name not in self.source:
+            raise KeyError(name)
+        return self.source.zero3.read_rows(name, start, stop, self.key)  # type: ignore[union-attr]
 
 
 def _check(cfg: BigTrainConfig, available: Mapping[str, tuple[int, ...]], where: Path) -> dict:
@@ -212,7 +240,7 @@ def _open_zero3(tag_dir: Path, user_path: Path, run_dir: Path | None) -> Checkpo
             tok = d
             break
     return CheckpointSource(
-        user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, ckpt.read_rows, shapes, torch.float32
+        user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, ckpt.read_rows, shapes, torch.float32, ckpt
     )
 
 

@@ -42,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
         help="step/zero-depth/random-depth: new layers in the upper gaps (default) or after each layer "
         "(zero-depth: a zeroed copy of each layer, G_zero)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=("fresh", "carry"),
+        default="fresh",
+        help="carry: also grow a training checkpoint's Adam moments into CKPT_OUT/optimizer/ (default fresh)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
     p.add_argument("--max-shard-mb", type=int, default=2048, help="output shard size in MiB (2048)")
     p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                 dtype=args.dtype,
                 max_shard_bytes=args.max_shard_mb * 1024**2,
                 progress=False if args.no_progress else None,
+                optimizer=args.optimizer,
                 layers=args.layers,
                 hidden=args.hidden,
                 ffn=args.ffn,

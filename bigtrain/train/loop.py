@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from bigtrain.ckpt.source import open_checkpoint
-from bigtrain.config import Recipe, dump_recipe
+from bigtrain.config import Recipe, TrainConfig, dump_recipe
 from bigtrain.data.dataset import RunData, prepare_run_data
 from bigtrain.data.prepare import check_vocab
 from bigtrain.data.sampler import make_sampler, resume_notes, tokens_by_source
@@ -32,6 +32,7 @@ from bigtrain.train.distributed import World, barrier, broadcast_object, init_di
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
 from bigtrain.train.fast_path import plan_engine, prepare_model, resumed_zero_stage
+from bigtrain.train.handover import load_handover
 from bigtrain.train.metrics import (
     MetricsLogger,
     detect_peak,
@@ -71,6 +72,14 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
         is_vector = len(getattr(p, "ds_shape", p.shape)) < 2
         (no_decay if is_vector or "embed_tokens" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def eval_due(t: TrainConfig, step: int, grown: bool) -> bool:
+    """Every eval_every steps, and densely in a grown stage's first steps (train.eval_after_growth)."""
+    dense = t.eval_after_growth
+    if grown and dense is not None and step <= dense.steps and step % dense.every == 0:
+        return True
+    return bool(t.eval_every) and step % t.eval_every == 0
 
 
 def numel(p: torch.nn.Parameter) -> int:
@@ -136,6 +145,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     resume_start = time.perf_counter()
     state = load_checkpoint(engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=t.seed)
     resume_s = time.perf_counter() - resume_start  # incl. a conversion to another world size (reshard.py)
+    # a fresh start from given weights: fp32 masters (and a carried Adam state) straight from the checkpoint
+    handover = load_handover(engine, recipe.init_from, world) if recipe.init_from and not ckpt else None
     state.world_size = world.size
     if state.finished and state.step < total_steps:  # a finished run given more steps: continue it
         state.finished = False
@@ -169,6 +180,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "resumed_from": str(ckpt) if ckpt else None,
         "resume_s": resume_s if ckpt else None,
         "init_from": recipe.init_from,
+        "handover": handover,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
         "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
@@ -192,6 +204,10 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     interval_start, interval_steps = time.perf_counter(), 0
     status = "finished"
     last_eval: dict[str, float] = {}
+    grown = bool(recipe.init_from)  # starts from given (grown) weights: see them before the first update
+    if data.eval is not None and grown and state.step == 0:
+        last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
+        logger.log({"step": 0, **last_eval, "growth_eval": True})
     while state.step < total_steps:
         loss_sum = torch.zeros((), device=engine.device)
         for line in sampler.new_epochs(state.step) if world.is_main else []:
@@ -229,7 +245,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             interval_start, interval_steps = time.perf_counter(), 0
-        if data.eval is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
+        if data.eval is not None and state.step < total_steps and eval_due(t, state.step, grown):
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             record = {**(record or {"step": state.step}), **last_eval}
         if downstream_due(t.downstream, state.step, total_steps):
