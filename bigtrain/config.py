@@ -13,12 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bigtrain.errors import RecipeError as RecipeError  # re-exported: the same type as BigtrainError
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
 from bigtrain.model.layout import derive_layers
-
-
-class RecipeError(ValueError):
-    """A recipe (or override) that cannot be used. str() is one line saying what and where."""
 
 
 class Section(BaseModel):

@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from bigtrain.config import Recipe
 from bigtrain.data.sampler import GlobalBatchSampler
 from bigtrain.errors import BigtrainError
-from bigtrain.model import BigTrainForCausalLM
-from bigtrain.model.kernels import liger_installed
-from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy
+from bigtrain.model import BigTrainForCausalLM, kernels
+from bigtrain.model.kernels import liger_installed, resolve_kernels
+from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy, resolve_loss
 from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
@@ -102,6 +102,29 @@ def test_liger_kernels_and_fused_loss_equal_torch(tokens: torch.Tensor) -> None:
 
 
 # --- compile, checkpointing, mask ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cuda", "installed"), [(False, False), (False, True), (True, False), (True, True)])
+def test_kernels_and_loss_resolve_by_one_rule(monkeypatch: pytest.MonkeyPatch, cuda: bool, installed: bool) -> None:
+    """auto picks liger's option only with CUDA and liger-kernel; asking for it without is one line."""
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(kernels, "liger_installed", lambda: installed)
+    both = cuda and installed
+    assert resolve_kernels("auto") == ("liger" if both else "torch")
+    assert resolve_loss("auto") == ("fused" if both else "chunked")
+    assert resolve_kernels("torch") == "torch" and resolve_loss("plain") == "plain"
+    for resolve, key, liger, other in (
+        (resolve_kernels, "train.kernels", "liger", "torch"),
+        (resolve_loss, "train.loss", "fused", "chunked"),
+    ):
+        if both:
+            assert resolve(liger) == liger
+        else:
+            why = "needs a CUDA device" if not cuda else "needs liger-kernel"
+            with pytest.raises(BigtrainError, match=f"^{key}: {liger} {why}"):
+                resolve(liger)
+        with pytest.raises(BigtrainError, match=f"^{key}: unknown 'triton' \\(auto, .*{other}"):
+            resolve("triton")
 
 
 def test_compiled_layers_equal_eager(tokens: torch.Tensor) -> None:

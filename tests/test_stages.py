@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bigtrain.config import RecipeError, load_recipe
+from bigtrain.pipeline import runner
 from bigtrain.pipeline.lr_scaling import lr_by_size
 from bigtrain.pipeline.stages import resolve_stages
 
@@ -53,6 +57,68 @@ def test_stages_resolve_into_flat_recipes(tmp_path: Path) -> None:
     assert s3.recipe.train.lr == pytest.approx(lr_by_size(1e-3, s1.recipe.model, s3.recipe.model, 0.5))
     assert s3.recipe.train.lr < s1.recipe.train.lr
     assert not any(s.finished for s in stages)
+
+
+def fake_trained(out: Path, run: dict[str, Any] | None) -> None:
+    """What a trained stage leaves that `finished` reads: the export's config.json and run.json."""
+    (out / "hf").mkdir(parents=True, exist_ok=True)
+    (out / "hf" / "config.json").write_text("{}")
+    if run is not None:
+        (out / "run.json").write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize(
+    ("train", "run", "finished"),
+    [
+        ("{max_steps: 3}", {"status": "finished", "step": 3, "tokens": 3072}, True),
+        ("{max_steps: 5}", {"status": "finished", "step": 3, "tokens": 3072}, False),  # the recipe grew
+        ("{max_steps: 2}", {"status": "finished", "step": 3, "tokens": 3072}, True),
+        ("{max_steps: null, tokens: 3072}", {"status": "finished", "step": 3, "tokens": 3072}, True),
+        ("{max_steps: null, tokens: 4000}", {"status": "finished", "step": 3, "tokens": 3072}, False),
+        ("{max_steps: 3}", {"status": "preempted", "step": 3, "tokens": 3072}, False),  # an extension cut short
+        ("{max_steps: 3}", {"world_size": 1}, False),  # an extension that has just started
+        ("{max_steps: 3}", None, False),  # no record: the trainer decides
+    ],
+)
+def test_a_stage_is_finished_when_exported_at_the_recipes_length(
+    tmp_path: Path, train: str, run: dict[str, Any] | None, finished: bool
+) -> None:
+    path = write(tmp_path, f"  - name: s1\n    train: {train}\n")
+    (stage,) = resolve_stages(load_recipe(path), source=str(path))
+    assert not stage.finished
+    fake_trained(stage.output_dir, run)
+    assert stage.finished is finished
+
+
+def test_run_continues_a_stage_given_more_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bigtrain-run launches the trainer again for an exported stage whose recipe now asks for more steps
+    (the trainer extends it, as bigtrain-train does); stages at their length are skipped."""
+    path = write(tmp_path, "  - name: s1\n  - name: s2\n    grow: {op: step, layers: 3}\n")
+    launched: list[list[str]] = []
+
+    def fake_run(cmd: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+        launched.append(cmd)
+        recipe = load_recipe(cmd[-1])
+        fake_trained(Path(recipe.output_dir), {"status": "finished", "step": recipe.train.max_steps, "tokens": 1})
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    monkeypatch.setattr(runner, "prepare_stage", lambda st, stages: runner.stage_yaml(st))
+    monkeypatch.setattr(runner, "pipeline_summary", lambda root, runs: [])
+
+    def run_all(overrides: list[str]) -> list[str]:
+        launched.clear()
+        stages = resolve_stages(load_recipe(path, overrides), overrides, source=str(path))
+        for st in stages:  # what prepare_stage writes, here without growing
+            st.output_dir.mkdir(parents=True, exist_ok=True)
+            runner.stage_yaml(st).write_text(runner.dump_recipe(st.recipe))
+        assert runner.run_stages(stages, nproc=1, log=False) == 0
+        return [Path(cmd[-1]).parent.name for cmd in launched]
+
+    assert run_all([]) == ["s1", "s2"]
+    assert run_all([]) == []  # both at their length
+    assert run_all(["train.max_steps=5"]) == ["s1", "s2"]  # longer: both continue
+    assert run_all(["train.max_steps=5"]) == []
 
 
 def test_overrides_apply_to_every_stage(tmp_path: Path) -> None:

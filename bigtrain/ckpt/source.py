@@ -36,6 +36,16 @@ TOKENIZER_FILES = (
 )
 
 
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What transformers raises on a config it refuses: plain errors, and (transformers 5) the strict
+    dataclass validation of huggingface_hub, e.g. a head count that does not divide the hidden size."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: no strict configs
+        return (TypeError, ValueError, KeyError, AttributeError)
+    return (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError)
+
+
 def read_config(path: Path) -> tuple[BigTrainConfig, str]:
     """(config, model_type) of a directory's config.json (`llama` or `bigtrain`)."""
     file = path / "config.json"
@@ -43,8 +53,10 @@ def read_config(path: Path) -> tuple[BigTrainConfig, str]:
         raise BigtrainError(f"{path}: no config.json")
     try:
         raw = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BigtrainError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise BigtrainError(f"{file}: not a config (a JSON object), got {type(raw).__name__}")
     model_type = raw.get("model_type")
     try:
         if model_type == "llama":
@@ -53,8 +65,9 @@ def read_config(path: Path) -> tuple[BigTrainConfig, str]:
             cfg = BigTrainConfig.from_pretrained(path)
         else:
             raise BigtrainError(f"{file}: model_type {model_type!r} is not supported (llama or bigtrain)")
-    except (TypeError, ValueError, KeyError) as e:
-        raise BigtrainError(f"{file}: invalid config ({str(e).splitlines()[0]})") from None
+    except _config_errors() as e:
+        reason = e.__cause__ or e  # the strict validators wrap the ValueError that says what is wrong
+        raise BigtrainError(f"{file}: invalid config ({str(reason).strip().splitlines()[0]})") from None
     problems = architecture_problems(cfg)
     if problems:
         raise BigtrainError(f"{file}: {problems[0]}")
@@ -156,8 +169,10 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise BigtrainError(f"{index}: corrupt index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise BigtrainError(f"{index}: corrupt index (weight_map is not a map of tensor names to files)")
         files = {}
         for fname in sorted(set(weight_map.values())):
             if not (path / fname).is_file():
@@ -172,6 +187,10 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
     else:
         raise BigtrainError(f"{path}: no model.safetensors or {SAFE_WEIGHTS_INDEX_NAME}")
     shapes = _check(cfg, {n: f.shape(n) for n, f in by_name.items()}, path)
+    for name in shapes:  # weights are floats: an integer tensor is a broken file, not something to cast
+        if not by_name[name].dtype(name).is_floating_point:
+            kind = str(by_name[name].dtype(name)).removeprefix("torch.")
+            raise BigtrainError(f"{path}: {name} is stored as {kind}, weights must be floating point")
     dtypes = {by_name[n].dtype(n) for n in shapes}
     dtype = torch.float32 if len(dtypes) != 1 else dtypes.pop()
     tok = path if any((path / f).is_file() for f in TOKENIZER_FILES[:2]) else None

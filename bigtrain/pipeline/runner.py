@@ -1,7 +1,9 @@
 """Run the stages of a recipe on this machine: prepare (grow, write `stage.yaml`), launch, resume.
 
 A stage is finished when `<output_dir>/<stage>/hf/config.json` exists (the trainer exports atomically at
-the end). Preparing is idempotent: a grown `init/` already there is reused (growth writes atomically), and
+the end) and its `run.json` trained as many steps (or tokens) as the recipe now asks; a stage given more is
+launched again and the trainer extends it from its last checkpoint (`stages.stage_finished`). Preparing
+is idempotent: a grown `init/` already there is reused (growth writes atomically), and
 the trainer resumes a stage from its newest checkpoint. So rerunning `bigtrain-run` after an interruption
 continues at the stage and step where it stopped.
 """

@@ -8,6 +8,7 @@ schedule into the stages' slices here (`pipeline_schedule`). Validation happened
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from bigtrain.config import (
     GrowSpec,
     Recipe,
     RecipeError,
+    TrainConfig,
     check_stages,
     deep_merge,
     parse_overrides,
@@ -45,7 +47,26 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        return (self.export_dir / "config.json").is_file()
+        return stage_finished(self.output_dir, self.recipe.train)
+
+
+def stage_finished(out: Path, train: TrainConfig) -> bool:
+    """A stage is finished when it is exported and its run.json says it trained as long as the recipe now
+    asks. A recipe given more steps (or tokens) since is not finished: the trainer extends the run from its
+    last checkpoint, as `bigtrain-train` does on the same recipe. Tokens rather than steps for `train.tokens`,
+    so the answer does not depend on the world size the stage will run on."""
+    if not (out / "hf" / "config.json").is_file():
+        return False
+    try:
+        info = json.loads((out / "run.json").read_text())
+        if info.get("status") != "finished":
+            return False
+        if train.max_steps is not None:
+            return int(info["step"]) >= train.max_steps
+        return train.tokens is not None and float(info["tokens"]) >= train.tokens
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # no readable record next to the export: let the trainer look (it does nothing if nothing is left)
+        return False
 
 
 def stage_dir(root: str | Path, name: str) -> Path:

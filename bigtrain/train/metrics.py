@@ -77,11 +77,6 @@ def detect_peak() -> PeakSpec | None:
     return peak_for(props.name, props.multi_processor_count, props.total_memory)
 
 
-def detect_peak_tflops() -> float | None:
-    peak = detect_peak()
-    return peak.tflops if peak else None
-
-
 def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops: float | None, devices: int) -> float | None:
     """Model FLOPs utilisation: achieved model FLOP/s over the devices' dense peak (None: peak unknown)."""
     return flops_per_token * tokens_per_s / (peak_tflops * 1e12 * devices) if peak_tflops else None
