@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from bigtrain.data import store as store_mod
+from bigtrain.data.sampler import ORDER_ENV, FeistelPermutation, GlobalBatchSampler, MixtureSampler, make_sampler
 from bigtrain.data.store import MapCache, ShardWriter, TokenStore, write_index
+from bigtrain.errors import BigtrainError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,3 +113,102 @@ def test_open_shards_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None
         store_mod.open_shards_limit()
     monkeypatch.delenv(store_mod.OPEN_SHARDS_ENV)
     assert store_mod.open_shards_limit() == store_mod.OPEN_SHARDS_DEFAULT
+
+
+# --- the sampler's order ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 100, 1000, 4097, 65536, 100_003])
+def test_feistel_is_a_permutation_and_deterministic(n: int) -> None:
+    p = FeistelPermutation(n, [1234, 0])
+    out = p(np.arange(n))
+    assert np.array_equal(np.sort(out), np.arange(n))
+    assert np.array_equal(out, FeistelPermutation(n, [1234, 0])(np.arange(n)))  # a pure function of the key
+    assert np.array_equal(p(np.arange(n)[::-1]), out[::-1])  # per position: any subset, any order
+    if n >= 64:
+        assert not np.array_equal(out, FeistelPermutation(n, [1234, 1])(np.arange(n)))
+        assert not np.array_equal(out, np.arange(n))
+
+
+def test_feistel_costs_no_memory_per_sequence() -> None:
+    """49M sequences (100B tokens at 2048): the old order held 392 MB per epoch; one batch now costs KBs."""
+    import tracemalloc
+
+    s = GlobalBatchSampler(49_000_000, 1024, seed=7)
+    s.global_batch_indices(0)  # numpy's lazy imports and the epoch's key, outside the measurement
+    tracemalloc.start()
+    idx = s.micro_batch_indices(123_456, 3, 5, 64, 4)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100_000 and len(idx) == 4 and idx.max() < 49_000_000
+
+
+def shares(sampler: GlobalBatchSampler, batch: int, world: int, micro: int) -> np.ndarray:
+    steps = sampler.global_batch // (world * micro)
+    return np.concatenate(
+        [sampler.micro_batch_indices(batch, m, r, world, micro) for m in range(steps) for r in range(world)]
+    )
+
+
+def test_sampler_order_is_an_epoch_permutation_equal_on_1_and_2_ranks() -> None:
+    s = GlobalBatchSampler(num_sequences=100, global_batch=8, seed=3)
+    assert s.order == "feistel"
+    for batch in (0, 5, 12, 13, 40):  # 12 and 13 cross into epoch 1
+        assert np.array_equal(shares(s, batch, 1, 2), shares(s, batch, 2, 2))
+        assert np.array_equal(shares(s, batch, 2, 1), s.global_batch_indices(batch))
+    flat = np.concatenate([s.global_batch_indices(b) for b in range(25)])
+    assert np.array_equal(np.sort(flat[:100]), np.arange(100)) and np.array_equal(np.sort(flat[100:200]), np.arange(100))
+    assert not np.array_equal(flat[:100], flat[100:200])  # reshuffled per epoch
+    assert np.array_equal(flat, np.concatenate([GlobalBatchSampler(100, 8, 3).global_batch_indices(b) for b in range(25)]))
+    assert not np.array_equal(GlobalBatchSampler(100, 8, 4).global_batch_indices(0), flat[:8])
+    m = MixtureSampler([60, 40], [3, 1], ["a", "b"], 8, 3)
+    for batch in (0, 7, 30):
+        assert np.array_equal(shares(m, batch, 1, 4), shares(m, batch, 2, 2))
+    drawn = np.concatenate([m.global_batch_indices(b) for b in range(40)])  # 320 positions: a's 240 = 4 epochs
+    a = drawn[drawn < 60]
+    assert all(np.array_equal(np.sort(a[i * 60 : (i + 1) * 60]), np.arange(60)) for i in range(4))
+
+
+def legacy_order(n: int, seed: int, positions: np.ndarray) -> np.ndarray:
+    """The order before issue 21: a materialised numpy permutation per epoch."""
+    return np.array([np.random.default_rng([seed, int(p) // n]).permutation(n)[p % n] for p in positions])
+
+
+def test_an_old_checkpoint_resumes_in_the_old_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Train:  # a single source (SequenceRange) as make_sampler sees it
+        count = 100
+
+    old = {"sequences": 40, "sources": {"train": {"sequences": 40, "epoch": 0}}}  # saved before `order` existed
+    resumed = make_sampler(Train(), 8, 3, resume=old)
+    assert resumed.order == "permutation"
+    for batch in (5, 12, 13):
+        want = legacy_order(100, 3, np.arange(batch * 8, batch * 8 + 8))
+        assert np.array_equal(resumed.global_batch_indices(batch), want)
+        assert np.array_equal(shares(resumed, batch, 2, 2), want)
+    assert resumed.position(48)["order"] == "permutation"  # saved again: the run keeps its order
+    assert make_sampler(Train(), 8, 3, resume=resumed.position(48)).order == "permutation"
+    new = make_sampler(Train(), 8, 3, resume={})
+    assert new.order == "feistel" and make_sampler(Train(), 8, 3, resume=new.position(8)).order == "feistel"
+    monkeypatch.setenv(ORDER_ENV, "permutation")  # a new run asked for the old order
+    assert make_sampler(Train(), 8, 3).order == "permutation"
+    assert make_sampler(Train(), 8, 3, resume=new.position(8)).order == "feistel"  # a checkpoint's order wins
+    monkeypatch.setenv(ORDER_ENV, "bogus")
+    with pytest.raises(BigtrainError, match="BIGTRAIN_DATA_ORDER='bogus'"):
+        make_sampler(Train(), 8, 3)
+    mix = MixtureSampler([60, 40], [3, 1], ["a", "b"], 8, 3, order="permutation")
+    positions = np.arange(0, 80)
+    got = np.concatenate([mix.global_batch_indices(b) for b in range(10)])
+    sources, draws = mix.schedule[positions % 4096], np.array([mix.draws_before(p) for p in positions])
+    for p in positions:  # source s's j-th draw: perm(seed, s, j // n_s)[j % n_s], as before
+        s, j, n = int(sources[p]), int(draws[p][sources[p]]), mix.counts[sources[p]]
+        assert got[p] == mix.offsets[s] + np.random.default_rng([3, s, j // n]).permutation(n)[j % n]
+
+
+def test_sampler_and_stream_do_not_import_each_other() -> None:
+    import ast
+
+    for mod, other in (("sampler", "stream"), ("stream", "sampler")):
+        tree = ast.parse((REPO / "bigtrain" / "data" / f"{mod}.py").read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert f"bigtrain.data.{other}" not in names, f"{mod}.py imports {other}.py"

@@ -184,7 +184,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         write_run_info(out / "run.json", run_info)
 
     # --- loop ------------------------------------------------------------------------------------
-    sampler = make_sampler(data.train, gbs, recipe.data.seed, recipe.data.start_sequence or 0)
+    sampler = make_sampler(data.train, gbs, recipe.data.seed, recipe.data.start_sequence or 0, resume=state.data)
     for line in resume_notes(state.data, sampler, state.step * gbs) if world.is_main else []:
         print(f"bigtrain: {line}", flush=True)
     batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)
