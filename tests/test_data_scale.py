@@ -212,3 +212,42 @@ def test_sampler_and_stream_do_not_import_each_other() -> None:
         names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert f"bigtrain.data.{other}" not in names, f"{mod}.py imports {other}.py"
+
+
+@pytest.mark.slow
+def test_a_real_run_resumed_from_an_old_checkpoint_keeps_the_old_order(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer: a run in the old order (8 steps, checkpoints at 4 and 8); its step-4 checkpoint made into
+    one an older bigtrain wrote (no `data.order`), resumed by this version: steps 5-8 equal the old run's.
+    The same checkpoint marked `feistel` trains on other batches (so the check can tell orders apart)."""
+    import shutil
+
+    from bigtrain.ckpt.manifest import write_manifest
+    from tests.trainer_runs import launch, losses, tiny_overrides
+
+    def overrides(out: Path) -> list[str]:
+        return tiny_overrides(demo_data, out, tmp_path / "cache", **{"train.save_every": 4, "train.eval_every": 0})
+
+    old = tmp_path / "old"
+    monkeypatch.setenv(ORDER_ENV, "permutation")
+    launch(overrides(old), ranks=1)
+    monkeypatch.delenv(ORDER_ENV)
+    want = losses(old)
+    got = {}
+    for name, order in (("resumed", None), ("feistel", "feistel")):
+        out = tmp_path / name
+        shutil.copytree(old / "checkpoints" / "step_4", out / "checkpoints" / "step_4")
+        state_file = out / "checkpoints" / "step_4" / "bigtrain_state.json"
+        state = json.loads(state_file.read_text())
+        assert state["data"].pop("order") == "permutation"
+        if order:
+            state["data"]["order"] = order
+        state_file.write_text(json.dumps(state))
+        write_manifest(out / "checkpoints" / "step_4")
+        launch(overrides(out), ranks=1)
+        got[name] = losses(out)
+    assert set(got["resumed"]) == {5, 6, 7, 8}
+    for step in (5, 6, 7, 8):
+        assert got["resumed"][step] == pytest.approx(want[step], rel=1e-5, abs=1e-5), step
+    assert any(abs(got["feistel"][s] - want[s]) > 1e-3 for s in (5, 6, 7, 8))
