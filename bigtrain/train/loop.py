@@ -82,7 +82,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     `preemption`: a flag installed earlier by the caller (default: installed now)."""
     started = time.perf_counter()
     preemption = preemption or PreemptionFlag()
-    world = world or init_distributed()
+    world = world or init_distributed(recipe.train.dist_timeout_minutes)
     out = Path(recipe.output_dir)
     t = recipe.train
     torch.manual_seed(t.seed)
