@@ -229,6 +229,9 @@ class TrainConfig(Section):
     keep_last: int = 2
     save_failure: Literal["stop", "retry"] = "stop"  # a failed save: stop the run, or train on and retry next interval
     checkpoint_checksums: bool = False  # SHA-256 of every file in the manifest (verified on resume; costs a read)
+    # torch.distributed's timeout for every collective (deepspeed.init_distributed). Torch's 10 minutes is
+    # shorter than one-rank work others wait on at scale (docs/scale.md: a world-size conversion at 8B).
+    dist_timeout_minutes: float = Field(default=30.0, gt=0)
     export: bool = True
     peak_tflops: float | None = None  # per device, for MFU; None: by detected GPU
     progress: bool = True

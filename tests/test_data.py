@@ -60,6 +60,7 @@ def test_a_run_that_starts_later_continues_the_same_order(start: int) -> None:
     assert later.position(80) == {
         "sequences": 80,
         "sources": {"train": {"sequences": start + 80, "epoch": (start + 80) // 100}},
+        "order": "feistel",
         "start_sequence": start,
     }
     assert later.run_draws(80) == {"train": 80}

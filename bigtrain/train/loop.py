@@ -91,7 +91,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
     `preemption`: a flag installed earlier by the caller (default: installed now)."""
     started = time.perf_counter()
     preemption = preemption or PreemptionFlag()
-    world = world or init_distributed()
+    world = world or init_distributed(recipe.train.dist_timeout_minutes)
     out = Path(recipe.output_dir)
     t = recipe.train
     torch.manual_seed(t.seed)
@@ -196,7 +196,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         write_run_info(out / "run.json", run_info)
 
     # --- loop ------------------------------------------------------------------------------------
-    sampler = make_sampler(data.train, gbs, recipe.data.seed, recipe.data.start_sequence or 0)
+    sampler = make_sampler(data.train, gbs, recipe.data.seed, recipe.data.start_sequence or 0, resume=state.data)
     for line in resume_notes(state.data, sampler, state.step * gbs) if world.is_main else []:
         print(f"bigtrain: {line}", flush=True)
     batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)
