@@ -27,6 +27,7 @@ from typing import Any
 from bigtrain.config import Recipe, StepConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.param_shapes import expected_shapes, layer_shapes
 from bigtrain.train.step_lora import lora_shapes, trainable_in_step
 
 GIB = 1024**3
@@ -115,28 +116,13 @@ class StageMemory:
 
 def layer_linears(cfg: BigTrainConfig) -> list[tuple[int, str, int, int]]:
     """(layer, module name, in features, out features) of every projection, LLaMA names."""
-    d, hd = cfg.hidden_size, cfg.head_dim
-    out = []
-    for i in range(cfg.num_hidden_layers):
-        q, kv, f = (
-            cfg.layer_num_attention_heads[i],
-            cfg.layer_num_key_value_heads[i],
-            cfg.layer_intermediate_sizes[i],
-        )
-        p = f"model.layers.{i}"
-        out += [
-            (i, f"{p}.self_attn.q_proj", d, q * hd),
-            (i, f"{p}.self_attn.k_proj", d, kv * hd),
-            (i, f"{p}.self_attn.v_proj", d, kv * hd),
-            (i, f"{p}.self_attn.o_proj", q * hd, d),
-        ]
-        if f:
-            out += [
-                (i, f"{p}.mlp.gate_proj", d, f),
-                (i, f"{p}.mlp.up_proj", d, f),
-                (i, f"{p}.mlp.down_proj", f, d),
-            ]
-    return out
+    return [
+        (i, f"model.layers.{i}.{name.removesuffix('.weight')}", fan_in, fan_out)
+        for i in range(cfg.num_hidden_layers)
+        for name, (fan_out, *rest) in layer_shapes(cfg, i).items()
+        if name.endswith("proj.weight")
+        for fan_in in rest
+    ]
 
 
 def model_tensors(
@@ -145,21 +131,11 @@ def model_tensors(
     step: StepConfig | None = None,
 ) -> list[Tensor]:
     """Every parameter tensor (LoRA ones included for a STEP stage), with whether it trains."""
-    d = cfg.hidden_size
-    named: list[tuple[str, int, str]] = [("model.embed_tokens.weight", cfg.vocab_size * d, "model.embed_tokens")]
-    norms_done: set[str] = set()
-    for i, module, fan_in, fan_out in layer_linears(cfg):
-        # norms in module order: input norm before attention, post-attention norm before the FFN
-        norm = f"model.layers.{i}." + ("post_attention_layernorm" if ".mlp." in module else "input_layernorm")
-        if norm not in norms_done:
-            norms_done.add(norm)
-            named.append((f"{norm}.weight", d, norm))
-        named.append((f"{module}.weight", fan_in * fan_out, module))
-    named.append(("model.norm.weight", d, "model.norm"))
-    if not cfg.tie_word_embeddings:
-        named.append(("lm_head.weight", cfg.vocab_size * d, "lm_head"))
     inherited = set(inherited)
-    tensors = [Tensor(n, k, step is None or trainable_in_step(n, inherited, step), m) for n, k, m in named]
+    tensors = [
+        Tensor(name, math.prod(shape), step is None or trainable_in_step(name, inherited, step), name.removesuffix(".weight"))
+        for name, shape in expected_shapes(cfg).items()
+    ]
     if step is not None:
         for name, (a, b) in lora_shapes(layer_linears(cfg), inherited, step):
             tensors.append(Tensor(name, a * b, True, name.rsplit(".", 2)[0]))
