@@ -22,6 +22,7 @@ from bigtrain.config import (
     check_stages,
     deep_merge,
     parse_overrides,
+    stage_section,
     validate_recipe,
 )
 from bigtrain.pipeline.lr_scaling import lr_by_size
@@ -93,7 +94,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
         # command-line train.* overrides win over the stage's own values; a command-line train.lr is the
         # anchor that `lr: by-size` scales and replaces a stage's fixed `lr:`
         forced_train = per_stage.get("train", {})
-        train = deep_merge(deep_merge(recipe.train.model_dump(mode="json"), spec.train), forced_train)
+        train = stage_section(recipe, spec, "train", forced_train)
         if spec.lr == "by-size":
             if first_lr is None:
                 raise RecipeError(f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it")
@@ -111,7 +112,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             "output_dir": str(out),
             "init_from": init_from,
             "model": model.model_dump(mode="json"),
-            "data": deep_merge(recipe.data.model_dump(mode="json"), spec.data),
+            "data": stage_section(recipe, spec, "data"),
             "train": train,
             "step": spec.step.model_dump(mode="json") if spec.step else None,
         }

@@ -48,7 +48,7 @@ def quiet_libraries() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
-DEFAULT_TIMEOUT_MINUTES = 30.0  # train.dist_timeout_minutes' default (config.py)
+DEFAULT_TIMEOUT_MINUTES = 30.0  # train.dist_timeout_minutes' default (bigtrain/config/train.py)
 
 
 def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
