@@ -13,10 +13,10 @@ import deepspeed
 from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.config import Recipe
 from bigtrain.model import BigTrainForCausalLM
+from bigtrain.train.build import weight_decay_groups
 from bigtrain.train.distributed import init_distributed
 from bigtrain.train.fast_path import plan_engine
 from bigtrain.train.handover import load_handover
-from bigtrain.train.loop import weight_decay_groups
 from bigtrain.train.weights import load_weights
 
 
