@@ -218,3 +218,20 @@ def test_zero3_leaf_layers_and_external_head_equal_stage0(tmp_path: Path, tokens
     assert r["leaf_layers"] == 2 and r["zero3_stage"] == 3 and r["stage0_stage"] == 0
     assert r["zero3_loss"] == pytest.approx(r["stage0_loss"], rel=1e-5)
     assert r["grads_compared"] == r["params"] and r["max_grad_diff"] < 1e-5
+
+
+# --- bf16 engine: RoPE stays fp32 --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bf16_engine_keeps_rope_inv_freq_fp32(tmp_path: Path) -> None:
+    """Real bf16 DeepSpeed on one rank, as the trainer builds it: zero.Init (stage 3) leaves inv_freq bf16;
+    restore_fp32_rope gives back the exact fp32 table at stages 3 and 1, and it stays fp32 through a step."""
+    out = tmp_path / "rope.json"
+    run_ranks(REPO / "tests" / "rope_ranks.py", [str(out)], 1)
+    for stage, r in json.loads(out.read_text()).items():
+        assert r["bf16"] and r["stage"] == int(stage) and r["restored"] == 1, r
+        if stage == "3":  # the bug this guards against, still there upstream
+            assert r["before"] == "torch.bfloat16", r
+        assert r["after"] == r["after_step"] == "torch.float32", r
+        assert r["max_diff"] == 0.0 and r["loss_finite"], r

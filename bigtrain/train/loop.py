@@ -31,7 +31,7 @@ from bigtrain.train.checkpoint import TrainState, load_checkpoint, read_state, r
 from bigtrain.train.distributed import World, barrier, broadcast_object, init_distributed
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
-from bigtrain.train.fast_path import plan_engine, prepare_model, resumed_zero_stage
+from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope, resumed_zero_stage
 from bigtrain.train.metrics import (
     MetricsLogger,
     detect_peak,
@@ -131,6 +131,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         config=ds_config,
         lr_scheduler=lambda opt: LambdaLR(opt, lr_multiplier(t, total_steps)),
     )
+    restore_fp32_rope(engine.module)
 
     # --- resume ----------------------------------------------------------------------------------
     resume_start = time.perf_counter()
