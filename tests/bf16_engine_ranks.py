@@ -1,6 +1,7 @@
-"""Launched by test_fast_path.py on one rank: builds a bf16 engine the way the trainer does (zero.Init at
-ZeRO-3, deepspeed.initialize, then restore_fp32_rope) and writes, per ZeRO stage, RoPE's inv_freq dtype
-before and after the restore, its largest difference from the fp32 table, and its dtype after a step."""
+"""Launched by test_fast_path.py on one rank: builds a bf16 engine the way the trainer does (plan_engine's
+config, zero.Init at ZeRO-3, deepspeed.initialize, then restore_fp32_rope) and writes, per ZeRO stage, RoPE's
+inv_freq dtype before and after the restore, its largest difference from the fp32 table, its dtype after a
+step, and which optimizer DeepSpeed chose and in what dtype it sums micro-batch gradients."""
 
 from __future__ import annotations
 
@@ -60,13 +61,31 @@ def check(world, zero_stage: int) -> dict:
         "after_step": str(rope(engine).inv_freq.dtype),
         "max_diff": max_diff,
         "loss_finite": bool(torch.isfinite(loss.detach().float()).item()),
+        "grad_accum_dtype": ds_config.get("data_types", {}).get("grad_accum_dtype"),
+        "optimizer": type(engine.optimizer).__name__,
+        "accum_buffer_dtype": accum_buffer_dtype(engine.optimizer),
     }
+
+
+def accum_buffer_dtype(optimizer: object) -> str | None:
+    """Where the engine sums micro-batch gradients: BF16_Optimizer's flat fp32 groups (stage 1), ZeRO-3's
+    flat partition buffer; ZeRO-2 frees its partition buffers at the step, so its configured dtype."""
+    for attr in ("fp32_groups_gradients_flat", "grad_partitions_flat_buffer", "averaged_gradients"):
+        value = getattr(optimizer, attr, None)
+        if isinstance(value, dict):
+            value = next(iter(value.values()), None)
+        if isinstance(value, list):
+            value = next((v for v in value if v is not None), None)
+            value = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, torch.Tensor):
+            return str(value.dtype)
+    return str(getattr(optimizer, "gradient_accumulation_dtype", None))
 
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     world = init_distributed()
-    result = {str(stage): check(world, stage) for stage in (3, 1)}
+    result = {str(stage): check(world, stage) for stage in (3, 2, 1)}
     if world.rank == 0:
         with open(args[0], "w") as f:
             json.dump(result, f)
