@@ -216,6 +216,9 @@ class TrainConfig(Section):
     save_failure: Literal["stop", "retry"] = "stop"  # a failed save: stop the run, or train on and retry next interval
     checkpoint_checksums: bool = False  # SHA-256 of every file in the manifest (verified on resume; costs a read)
     export: bool = True
+    # false: no checkpoint at the end (benchmarks, profiles: a 1B's is 17 GB); the export is still written
+    # if `export`, but a rerun cannot see the run finished and trains again from the last periodic checkpoint
+    save_final: bool = True
     peak_tflops: float | None = None  # per device, for MFU; None: by detected GPU
     progress: bool = True
     downstream: DownstreamConfig | None = None  # optional lm-eval scores during training (the [eval] extra)

@@ -16,6 +16,7 @@ from bigtrain.model.kernels import resolve_kernels
 from bigtrain.model.loss import resolve_loss
 from bigtrain.model.modeling import BigTrainForCausalLM, DecoderLayer, RotaryEmbedding
 from bigtrain.train.ds_config import build_ds_config
+from bigtrain.train.optimizer import choose_optimizer
 from bigtrain.train.zero_stage import choose_zero_stage, device_memory_bytes, local_world_size
 
 
@@ -42,7 +43,8 @@ def plan_engine(
         layer_params=biggest_layer,
         local_world_size=local_world_size(world_size),
     )
-    return ds_config, {"zero_stage": stage, "zero_stage_reason": why}
+    optimizer_reason = choose_optimizer(ds_config)  # torch's AdamW where FusedAdam cannot be built
+    return ds_config, {"zero_stage": stage, "zero_stage_reason": why, "optimizer_reason": optimizer_reason}
 
 
 def decoder_layers(model: torch.nn.Module) -> list[DecoderLayer]:

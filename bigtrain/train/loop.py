@@ -41,6 +41,7 @@ from bigtrain.train.metrics import (
     write_run_info,
 )
 from bigtrain.train.model_config import resolve_model_config
+from bigtrain.train.optimizer import optimizer_name
 from bigtrain.train.preemption import PreemptionFlag
 from bigtrain.train.schedule import extension_note, lr_multiplier, recompute_lr
 from bigtrain.train.summary import print_stage_summary
@@ -174,6 +175,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         "precision": "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp32",
         "zero_stage": ds_config.get("zero_optimization", {}).get("stage", 0),
         "zero_stage_reason": zero_choice["zero_stage_reason"],
+        "optimizer": optimizer_name(engine),
+        "optimizer_reason": zero_choice["optimizer_reason"],
         **fast_path,
         "flops_per_token": flops_per_token,
         "flops_per_token_palm": flops_per_token_palm,
@@ -255,7 +258,8 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             logger.log({"step": state.step, **last_eval})
         state.finished = True
-        save_checkpoint(engine, out, state, model_cfg, world, t)
+        if t.save_final:
+            save_checkpoint(engine, out, state, model_cfg, world, t)
         if t.export:
             tokenizer_dir = out / "tokenizer" if (out / "tokenizer").exists() else None
             export_hf(engine.module, model_cfg, out / "hf", tokenizer_dir, world, transform=block_transform)
