@@ -33,6 +33,7 @@ from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
 from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope, resumed_zero_stage
 from bigtrain.train.metrics import (
+    IntervalTimer,
     MetricsLogger,
     detect_peak,
     mfu,
@@ -193,7 +194,7 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         print(f"bigtrain: {line}", flush=True)
     batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
-    interval_start, interval_steps = time.perf_counter(), 0
+    timer = IntervalTimer()
     status = "finished"
     last_eval: dict[str, float] = {}
     while state.step < total_steps:
@@ -209,17 +210,18 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
         state.step += 1
         state.tokens += gbs * recipe.data.seq_len
         state.data = sampler.position(state.step * gbs)
-        interval_steps += 1
+        timer.step()
         bar.update(1)
 
         record = None
         if state.step % t.log_every == 0 or state.step == total_steps:
             dist.all_reduce(loss_sum)
-            elapsed = time.perf_counter() - interval_start
+            loss_total = float(loss_sum)  # the host sync: the interval's device work is done
+            elapsed, interval_steps = timer.lap()
             tokens_per_s = interval_steps * gbs * recipe.data.seq_len / elapsed
             record = {
                 "step": state.step,
-                "loss": float(loss_sum) / (accum * world.size),
+                "loss": loss_total / (accum * world.size),
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "tokens": state.tokens,
@@ -232,7 +234,6 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
                 "memory_reserved_bytes": peak_reserved_bytes(),
             }
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
-            interval_start, interval_steps = time.perf_counter(), 0
         if data.eval is not None and t.eval_every and state.step % t.eval_every == 0 and state.step < total_steps:
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
             record = {**(record or {"step": state.step}), **last_eval}
