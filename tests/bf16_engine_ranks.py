@@ -1,7 +1,7 @@
 """Launched by test_fast_path.py on one rank: builds a bf16 engine the way the trainer does (plan_engine's
 config, zero.Init at ZeRO-3, deepspeed.initialize, then restore_fp32_rope) and writes, per ZeRO stage, RoPE's
 inv_freq dtype before and after the restore, its largest difference from the fp32 table, its dtype after a
-step, and which optimizer DeepSpeed chose and in what dtype it sums micro-batch gradients."""
+step, which optimizer DeepSpeed chose, in what dtype it sums micro-batch gradients, and the state bytes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from bigtrain.config import Recipe
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.modeling import RotaryEmbedding
+from bigtrain.train import state_bytes
 from bigtrain.train.distributed import init_distributed
 from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope
 from bigtrain.train.loop import weight_decay_groups
@@ -64,6 +65,7 @@ def check(world, zero_stage: int) -> dict:
         "grad_accum_dtype": ds_config.get("data_types", {}).get("grad_accum_dtype"),
         "optimizer": type(engine.optimizer).__name__,
         "accum_buffer_dtype": accum_buffer_dtype(engine.optimizer),
+        "memory": state_bytes.per_rank(engine, engine.optimizer),
     }
 
 

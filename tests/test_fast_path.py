@@ -259,4 +259,9 @@ def test_bf16_engine_keeps_rope_fp32_and_sums_grads_in_fp32(tmp_path: Path) -> N
         assert r["max_diff"] == 0.0 and r["loss_finite"], r
         # micro-batch gradients summed in fp32; stage 1 through BF16_Optimizer
         assert r["grad_accum_dtype"] == "fp32" and r["accum_buffer_dtype"] == "torch.float32", r
-    assert json.loads(out.read_text())["1"]["optimizer"] == "BF16_Optimizer"
+    stage1 = json.loads(out.read_text())["1"]
+    assert stage1["optimizer"] == "BF16_Optimizer"
+    # its state on one rank, over the same flat (padded) groups as the bf16 weights: fp32 gradient sums
+    # 4 B, fp32 master + moments 12 B per element (run.json's memory, counted from its tensors)
+    mem = stage1["memory"]
+    assert mem["grad_bytes"] == 2 * mem["param_bytes"] and mem["optimizer_state_bytes"] == 6 * mem["param_bytes"]
