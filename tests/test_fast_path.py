@@ -25,7 +25,7 @@ from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.zero_stage import choose_zero_stage, model_state_bytes
 from tests.growth_helpers import llama_3_2_1b_config, tiny_config
-from tests.trainer_runs import REPO, run_ranks
+from tests.trainer_runs import REPO, launch, losses, run_ranks, tiny_overrides
 
 GIB = 2**30
 needs_liger = pytest.mark.skipif(
@@ -265,3 +265,20 @@ def test_bf16_engine_keeps_rope_fp32_and_sums_grads_in_fp32(tmp_path: Path) -> N
     # 4 B, fp32 master + moments 12 B per element (run.json's memory, counted from its tensors)
     mem = stage1["memory"]
     assert mem["grad_bytes"] == 2 * mem["param_bytes"] and mem["optimizer_state_bytes"] == 6 * mem["param_bytes"]
+
+
+@pytest.mark.slow
+def test_bf16_stage1_saves_and_resumes(demo_data: Path, tmp_path: Path) -> None:
+    """bf16 at stage 1 (BF16_Optimizer, what auto picks on one GPU) through the trainer: a finished 2-step run
+    given 4 steps resumes from its checkpoint and trains on; run.json counts the fp32 master and gradients."""
+    out = tmp_path / "run"
+    extra = {"train.precision": "bf16", "train.zero_stage": 1, "train.eval_every": 0, "train.export": "false"}
+    launch(tiny_overrides(demo_data, out, tmp_path / "cache", **extra, **{"train.max_steps": 2}), ranks=1)
+    launch(tiny_overrides(demo_data, out, tmp_path / "cache", **extra, **{"train.max_steps": 4}), ranks=1)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["step"] == 4 and info["resumed_from"].endswith("step_2")
+    assert info["zero_stage"] == 1 and info["precision"] == "bf16"
+    mem = info["memory"]
+    assert mem["grad_bytes"] == 2 * mem["param_bytes"] and mem["optimizer_state_bytes"] == 6 * mem["param_bytes"]
+    curve = losses(out)
+    assert sorted(curve) == [1, 2, 3, 4] and curve[4] < curve[1]
