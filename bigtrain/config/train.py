@@ -73,6 +73,9 @@ class TrainConfig(Section):
     # shorter than one-rank work others wait on at scale (docs/scale.md: a world-size conversion at 8B).
     dist_timeout_minutes: float = Field(default=30.0, gt=0)
     export: bool = True
+    # false: no checkpoint at the end (benchmarks, profiles: a 1B's is 17 GB); the export is still written
+    # if `export`, but a rerun cannot see the run finished and trains again from the last periodic checkpoint
+    save_final: bool = True
     peak_tflops: float | None = None  # per device, for MFU; None: by detected GPU
     progress: bool = True
     downstream: DownstreamConfig | None = None  # optional lm-eval scores during training (the [eval] extra)

@@ -4,12 +4,13 @@ for the stage sizes that minimise the largest stage peak (Yano et al., NAACL 202
 What ZeRO-3 holds per rank (DeepSpeed 0.19, `runtime/zero/stage3.py`; every tensor is split into
 `ceil(numel / world)` elements per rank, the last rank's share padded):
 - every parameter's partition in the weight dtype (bf16: 2 B), trainable or frozen;
-- trainable parameters only: the gradient partition (`grad_accum_dtype`, DeepSpeed's default is the
-  weight dtype: 2 B for bf16), an fp32 master copy (4 B) and Adam's two fp32 moments (8 B);
-  16 B in all for bf16, as in the paper's model;
+- trainable parameters only: the gradient partition (`grad_accum_dtype`: bigtrain sets fp32 under bf16,
+  so 4 B, see train/ds_config.py), an fp32 master copy (4 B) and Adam's two fp32 moments (8 B);
+  18 B in all for bf16 (the paper's model has 16, with bf16 gradient partitions);
 - working buffers: the gathered (full) weights of the module in use plus the prefetch bucket, small
   parameters kept gathered (`stage3_param_persistence_threshold`), the reduce bucket
-  (`reduce_bucket_size` elements of gradient dtype), and the full gradients of the module in backward;
+  (`reduce_bucket_size` elements of the weight dtype), and the full gradients of the module in backward
+  (weight dtype, before they are reduced into the partitions);
 - at `deepspeed.initialize` a transient fp32 buffer as large as the largest sub-group of this rank's
   trainable partitions (`initialize_optimizer_states`, at most `sub_group_size`), freed before training.
 Activations are an estimate (see `activation_bytes`); they are the same for STEP and vanilla training of
@@ -39,7 +40,7 @@ class ZeroSettings:
 
     world_size: int = 1
     weight_bytes: int = 2  # bf16
-    grad_bytes: int = 2  # DeepSpeed's grad_accum_dtype defaults to the weight dtype
+    grad_bytes: int = 4  # the partitions' grad_accum_dtype: fp32 (bigtrain sets it under bf16)
     master_bytes: int = 4  # fp32 master copy of the trainable partition
     adam_bytes: int = 8  # fp32 exp_avg + exp_avg_sq
     reduce_bucket_size: int = 500_000_000
@@ -205,9 +206,8 @@ def stage_memory(
     gathered = largest + min(zero.prefetch_bucket_size, total)
     grads_in_flight = max(train_modules.values(), default=0)
     # the reduce bucket is allocated whole at initialize (contiguous_gradients), however few grads there are
-    working = zero.weight_bytes * (gathered + persistent) + zero.grad_bytes * (
-        zero.reduce_bucket_size + grads_in_flight
-    )
+    # reduce bucket and backward's full gradients are in the weight dtype, whatever the partitions' dtype
+    working = zero.weight_bytes * (gathered + persistent + zero.reduce_bucket_size + grads_in_flight)
     transient = 4 * min(part_train, zero.sub_group_size)
     return StageMemory(
         name=name,

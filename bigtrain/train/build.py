@@ -21,7 +21,7 @@ from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainConfig, BigTrainForCausalLM
 from bigtrain.train.checkpoint import TrainState
 from bigtrain.train.distributed import World, broadcast_object
-from bigtrain.train.fast_path import plan_engine, prepare_model, resumed_zero_stage
+from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope, resumed_zero_stage
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.schedule import lr_multiplier
 from bigtrain.train.weights import initialize_weights, load_weights
@@ -107,6 +107,7 @@ def build(recipe: Recipe, world: World, saved: TrainState | None, resuming: bool
         config=ds_config,
         lr_scheduler=lambda opt: LambdaLR(opt, lr_multiplier(t, total_steps)),
     )
+    restore_fp32_rope(engine.module)  # zero.Init made the RoPE frequencies bf16
     return Built(
         data, model_cfg, engine, optimizer, ds_config, zero_choice, fast_path, gbs, accum, step_flops, block_transform
     )

@@ -4,7 +4,6 @@ forward, backward, step, log, maybe eval, maybe save."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,14 @@ from bigtrain.train.downstream_eval import due as downstream_due
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.export import export_hf
 from bigtrain.train.handover import load_handover
-from bigtrain.train.metrics import MetricsLogger, mfu, peak_memory_bytes, peak_reserved_bytes, write_run_info
+from bigtrain.train.metrics import (
+    IntervalTimer,
+    MetricsLogger,
+    mfu,
+    peak_memory_bytes,
+    peak_reserved_bytes,
+    write_run_info,
+)
 from bigtrain.train.preemption import PreemptionFlag
 from bigtrain.train.run_record import end_record, start_record
 from bigtrain.train.schedule import extension_note, recompute_lr
@@ -114,20 +120,6 @@ def eval_due(t: TrainConfig, step: int, grown: bool) -> bool:
     return bool(t.eval_every) and step % t.eval_every == 0
 
 
-@dataclass
-class Interval:
-    """The logging interval: steps and wall time since the last log record."""
-
-    start: float = field(default_factory=time.perf_counter)
-    steps: int = 0
-
-    def close(self) -> tuple[float, int]:
-        now = time.perf_counter()
-        elapsed, steps = now - self.start, self.steps
-        self.start, self.steps = now, 0
-        return elapsed, steps
-
-
 def loop(
     recipe: Recipe,
     run: Built,
@@ -146,7 +138,7 @@ def loop(
         print(f"bigtrain: {line}", flush=True)
     batches = DeviceBatches(data.train, sampler, world, t.micro_batch_size, accum, total_steps, engine.device)
     bar = tqdm(total=total_steps, initial=state.step, disable=not (world.is_main and t.progress), unit="step")
-    interval = Interval()
+    timer = IntervalTimer()
     last_eval: dict[str, float] = {}
     grown = bool(recipe.init_from)  # starts from given (grown) weights: see them before the first update
     if data.eval is not None and grown and state.step == 0:
@@ -165,12 +157,12 @@ def loop(
         state.step += 1
         state.tokens += gbs * recipe.data.seq_len
         state.data = sampler.position(state.step * gbs)
-        interval.steps += 1
+        timer.step()
         bar.update(1)
 
         record = None
         if state.step % t.log_every == 0 or state.step == total_steps:
-            record = step_record(recipe, run, state, world, loss_sum, interval, sampler, info)
+            record = step_record(recipe, run, state, world, loss_sum, timer, sampler, info)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
         if data.eval is not None and state.step < total_steps and eval_due(t, state.step, grown):
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
@@ -200,19 +192,20 @@ def step_record(
     state: TrainState,
     world: World,
     loss_sum: torch.Tensor,
-    interval: Interval,
+    timer: IntervalTimer,
     sampler: Any,
     info: dict[str, Any],
 ) -> dict[str, Any]:
     """The metrics of a logging step: the interval's mean loss over every rank, LR, speed, MFU, memory."""
     dist.all_reduce(loss_sum)
-    elapsed, steps = interval.close()
+    loss_total = float(loss_sum)  # the host sync: the interval's device work is done
+    elapsed, steps = timer.lap()
     gbs, seq = run.global_batch, recipe.data.seq_len
     tokens_per_s = steps * gbs * seq / elapsed
     peak = info["peak_tflops_per_device"]
     return {
         "step": state.step,
-        "loss": float(loss_sum) / (run.accum * world.size),
+        "loss": loss_total / (run.accum * world.size),
         "lr": float(run.engine.get_lr()[0]),
         "grad_norm": float(run.engine.get_global_grad_norm() or 0.0),
         "tokens": state.tokens,
@@ -233,7 +226,8 @@ def finish(recipe: Recipe, run: Built, state: TrainState, world: World, logger: 
         final_eval = evaluate(run.engine, run.data.eval, world, t.micro_batch_size, t.eval_batches)
         logger.log({"step": state.step, **final_eval})
     state.finished = True
-    save_checkpoint(run.engine, out, state, run.model_cfg, world, t)
+    if t.save_final:
+        save_checkpoint(run.engine, out, state, run.model_cfg, world, t)
     if t.export:
         tokenizer_dir = out / "tokenizer" if (out / "tokenizer").exists() else None
         export_hf(run.engine.module, run.model_cfg, out / "hf", tokenizer_dir, world, transform=run.block_transform)

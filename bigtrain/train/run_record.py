@@ -14,6 +14,7 @@ from bigtrain.train.build import Built
 from bigtrain.train.checkpoint import TrainState
 from bigtrain.train.distributed import World
 from bigtrain.train.metrics import detect_peak, peak_memory_bytes, peak_reserved_bytes
+from bigtrain.train.optimizer import optimizer_name
 
 
 def numel(p: torch.nn.Parameter) -> int:
@@ -48,6 +49,8 @@ def start_record(
         "precision": "bf16" if run.ds_config.get("bf16", {}).get("enabled") else "fp32",
         "zero_stage": run.ds_config.get("zero_optimization", {}).get("stage", 0),
         "zero_stage_reason": run.zero_choice["zero_stage_reason"],
+        "optimizer": optimizer_name(run.engine),
+        "optimizer_reason": run.zero_choice["optimizer_reason"],
         **run.fast_path,
         "flops_per_token": train_flops_per_token(run.model_cfg, seq) + run.step_flops,
         "flops_per_token_palm": palm_flops_per_token(run.model_cfg, seq) + run.step_flops,
