@@ -15,9 +15,9 @@ from bigtrain.config import Recipe
 from bigtrain.model import BigTrainForCausalLM
 from bigtrain.model.modeling import RotaryEmbedding
 from bigtrain.train import state_bytes
+from bigtrain.train.build import weight_decay_groups
 from bigtrain.train.distributed import init_distributed
 from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope
-from bigtrain.train.loop import weight_decay_groups
 from bigtrain.train.weights import initialize_weights
 
 
