@@ -97,7 +97,7 @@ DRY_PROBLEMS=0
 dry_check() { if [[ $DRY -eq 1 ]]; then check_overrides "$@" || DRY_PROBLEMS=$((DRY_PROBLEMS + 1)); fi; }
 
 SHAKESPEARE='data.train_files=[data/shakespeare/train/*.txt]'
-SMALL=(train.export=false train.progress=false train.log_every=1 train.save_every=0 train.eval_every=0)
+SMALL=(train.export=false train.save_final=false train.progress=false train.log_every=1 train.save_every=0 train.eval_every=0)
 
 for s in "${SECTIONS[@]}"; do
   case $s in
@@ -187,7 +187,7 @@ EOF
     fi
     # bigtrain and the compiled plain loop first; the HF Trainer peer only with the time left
     section bench 150 100 "$PY" tools/bench/bench_peers.py --preset 1b --steps 8 --warmup 4 \
-      --runners bigtrain,torch_compile --work "$SCRATCH/peers" --out "$WORK/peers"
+      --runners bigtrain,torch_compile --work "$SCRATCH/peers" --out "$WORK/peers" --bigtrain train.save_final=false
     section bench_hf 150 120 "$PY" tools/bench/bench_peers.py --preset 1b --steps 8 --warmup 4 \
       --runners hf_deepspeed --work "$SCRATCH/peers" --out "$WORK/peers_hf"
     [[ $DRY -eq 0 ]] && rm -rf "$SCRATCH/peers"  # 1B weights: the disk is 64 GB
@@ -197,7 +197,7 @@ EOF
     P=(model.hidden_size=2048 model.num_layers=16 model.head_dim=64 model.num_heads=32 model.num_kv_heads=8
       model.intermediate_size=8192 model.vocab_size=128256 model.tie_embeddings=true model.rope_theta=500000
       "$SHAKESPEARE" data.seq_len=2048 data.eval_fraction=0.0 'data.eval_files=[]' train.micro_batch_size=4
-      train.global_batch_size=4 train.save_every=0 train.eval_every=0 "output_dir=$SCRATCH/profile")
+      train.global_batch_size=4 train.save_every=0 train.eval_every=0 train.save_final=false "output_dir=$SCRATCH/profile")
     dry_check recipes/demo.yaml "${P[@]}"
     if [[ $DRY -eq 1 ]]; then
       "$PY" tools/gpu/profile_step.py --help > /dev/null && echo "    profile_step.py --help ok" || DRY_PROBLEMS=$((DRY_PROBLEMS + 1))
@@ -210,7 +210,7 @@ EOF
     # no hub access), against the plan; a stage's checkpoints go once the next stage has grown from them
     M=('data.dataset=null' 'data.dataset_config=null' 'data.streaming=false' "$SHAKESPEARE" 'data.eval_files=[]'
       data.eval_fraction=0.0 train.precision=bf16 train.zero_stage=3 train.max_steps=2 train.global_batch_size=2
-      "output_dir=$SCRATCH/step1b" "${SMALL[@]}" train.export=true)
+      "output_dir=$SCRATCH/step1b" "${SMALL[@]}" train.export=true train.save_final=true)
     dry_check recipes/step-1b.yaml "${M[@]}"
     if [[ $DRY -eq 1 ]]; then
       "$PY" tools/gpu/compare_plan.py --help > /dev/null && echo "    compare_plan.py --help ok" || DRY_PROBLEMS=$((DRY_PROBLEMS + 1))
