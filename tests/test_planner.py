@@ -13,15 +13,9 @@ import pytest
 from bigtrain.config import StepConfig, load_recipe
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.modeling import BigTrainForCausalLM
-from bigtrain.pipeline.planner import (
-    ZeroSettings,
-    compositions,
-    model_tensors,
-    paper_stage_cost,
-    plan_recipe,
-    search_stage_sizes,
-    stage_memory,
-)
+from bigtrain.pipeline.memory import ZeroSettings, model_tensors, stage_memory
+from bigtrain.pipeline.planner import plan_recipe
+from bigtrain.pipeline.stage_search import compositions, paper_stage_cost, search_stage_sizes
 from bigtrain.train.step_lora import apply_step
 from tests.growth_helpers import tiny_config
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from bigtrain.config import StepConfig
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.counting import total_params, train_flops_per_token
-from bigtrain.pipeline.planner import model_tensors
+from bigtrain.pipeline.memory import model_tensors
 
 
 def step_flops_per_token(cfg: BigTrainConfig, seq_len: int, inherited: set[int], step: StepConfig | None) -> float:
