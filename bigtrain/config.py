@@ -234,8 +234,6 @@ class TrainConfig(Section):
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
-WIDTH_OPS = ("net2net", "aki", "zero-width", "random-width", "mixture")
 # GrowSpec size field -> the ModelSpec field it sets
 # A later stage's sizes come from grow:, never from model: (the weights must come from somewhere)
 SIZE_FIELDS = (
@@ -304,10 +302,12 @@ class GrowSpec(Section):
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:
+        from bigtrain.growth.registry import DEPTH_OPS, WIDTH_OPS, known  # the one list of operators
+
         parts = self.op.split("+")
         for part in parts:
             if part not in DEPTH_OPS + WIDTH_OPS:
-                raise ValueError(f"unknown growth op {part!r} (known: {', '.join(DEPTH_OPS + WIDTH_OPS)})")
+                raise ValueError(f"unknown growth op {part!r} (known: {known()})")
         if sum(p in DEPTH_OPS for p in parts) > 1 or sum(p in WIDTH_OPS for p in parts) > 1:
             raise ValueError(f"op {self.op!r}: at most one depth and one width operator, joined by '+'")
         return self
@@ -537,6 +537,8 @@ def _check_stage_growth(
                 raise RecipeError(f"{where}: grow: would shrink {field} from {b} (stage {prev_name!r}) to {a}")
         if after == before:
             raise RecipeError(f"{where}: grow: op {grow.op!r} names no size larger than stage {prev_name!r}'s")
+        from bigtrain.growth.registry import DEPTH_OPS, WIDTH_OPS
+
         ops = grow.op.split("+")
         if spec.num_layers > prev.num_layers and not any(op in DEPTH_OPS for op in ops):
             raise RecipeError(f"{where}: grow: layers={spec.num_layers} needs a depth op ({', '.join(DEPTH_OPS)})")
