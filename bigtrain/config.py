@@ -299,6 +299,9 @@ class GrowSpec(Section):
     split_spread: float | None = Field(default=None, ge=0, lt=1)  # asymmetric: u ~ U(1-s, 1+s); default 0.5
     noise_std: float | None = Field(default=None, ge=0)  # noise: relative std; default 0.01
     placement: Literal["upper", "after-each"] | None = None  # step/zero-depth/random-depth; default upper
+    drop: int | None = Field(default=None, ge=0)  # dus: layers dropped from each copy (give layers too)
+    block: int | None = Field(default=None, ge=1)  # middle-stack: layers in the replicated middle block
+    snr_db: float | None = None  # hypercloning: SNR (dB) of the function-keeping +-noise; none when unset
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:
@@ -310,6 +313,9 @@ class GrowSpec(Section):
                 raise ValueError(f"unknown growth op {part!r} (known: {known()})")
         if sum(p in DEPTH_OPS for p in parts) > 1 or sum(p in WIDTH_OPS for p in parts) > 1:
             raise ValueError(f"op {self.op!r}: at most one depth and one width operator, joined by '+'")
+        if "dus" in parts and self.layers is None:
+            # the stage's depth must be known when the recipe is read, before the source exists
+            raise ValueError("op dus: give layers (2 (L - drop)); drop alone does not size the stage")
         return self
 
     def sizes(self) -> dict[str, int]:

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
         help="step/zero-depth/random-depth: new layers in the upper gaps (default) or after each layer "
         "(zero-depth: a zeroed copy of each layer, G_zero)",
     )
+    p.add_argument("--drop", type=int, help="dus: layers dropped from each of the two copies (SOLAR: 8 of 32)")
+    p.add_argument("--block", type=int, help="middle-stack: layers in the replicated middle block (default N - L)")
+    p.add_argument("--snr-db", type=float, help="hypercloning: SNR in dB of the function-keeping noise (default none)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
     p.add_argument("--max-shard-mb", type=int, default=2048, help="output shard size in MiB (2048)")
     p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                 split_spread=args.split_spread,
                 noise_std=args.noise_std,
                 placement=args.placement,
+                drop=args.drop,
+                block=args.block,
+                snr_db=args.snr_db,
             )
         except VerificationError as e:
             print(f"error: {e}", file=sys.stderr)

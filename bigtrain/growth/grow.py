@@ -32,7 +32,7 @@ from bigtrain.growth.depth import (
 from bigtrain.growth.mixture import template_combination
 from bigtrain.growth.operator import DepthArgs
 from bigtrain.growth.record import GrowthRecord, LayerRecord
-from bigtrain.growth.registry import DEPTH_OPS, REGISTRY, parse_ops
+from bigtrain.growth.registry import DEPTH_OPS, REGISTRY, parse_ops, taking
 from bigtrain.growth.width import (
     DEFAULT_NOISE_STD,
     DEFAULT_SPLIT,
@@ -184,11 +184,15 @@ def grow(
     split_spread: float | None = None,
     noise_std: float | None = None,
     placement: str | None = None,
+    drop: int | None = None,
+    block: int | None = None,
+    snr_db: float | None = None,
 ) -> Grown:
     """Phases: plan (operators, target config), record, produce (lazily, tensor by tensor)."""
     generator = seeded(seed)
     plan = make_plan(
-        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement
+        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement,
+        {"drop": drop, "block": block, "snr_db": snr_db},
     )
     args = {
         "layers": layers,
@@ -199,6 +203,9 @@ def grow(
         "init": plan.step_init or plan.mixture_init,
         "seed": seed,
         "placement": placement,
+        "drop": drop,
+        "block": block,
+        "snr_db": snr_db,
     }
     if plan.ctx is not None and plan.width_op in SPLIT_OPS:
         args["split"] = plan.ctx.split
@@ -226,6 +233,7 @@ def make_plan(
     split_spread: float | None,
     noise_std: float | None,
     placement: str | None,
+    extra: dict[str, Any] | None = None,
 ) -> Plan:
     depth_op, width_op = parse_ops(op)
     op_name = "+".join(x for x in (depth_op, width_op) if x)
@@ -241,6 +249,8 @@ def make_plan(
         raise BigtrainError(f"--op {op_name}: --placement needs a depth operator")
     if depth_op is not None:
         check_placement(depth_op, placement)
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    check_options(op_name, (depth_op, width_op), extra)
     # one --init flag: it belongs to step when step is the depth operator, else to mixture
     step_init = (init or "mean") if depth_op == "step" else None
     mixture_init = ((init if depth_op != "step" else None) or "orthogonal") if width_op == "mixture" else None
@@ -270,7 +280,7 @@ def make_plan(
             ctx.split, ctx.split_spread, ctx.noise_std = split, spread, sigma
             if split == "asymmetric":
                 ctx.hidden_split = split_fractions(ctx.hidden, generator("hidden.split"), spread)
-    plan = depth_layers(wide, DepthArgs(depth_op, layers, init, placement or "upper")) if depth_op else None
+    plan = depth_layers(wide, DepthArgs(depth_op, layers, init, placement or "upper", extra.get("drop"), extra.get("block"))) if depth_op else None
     plan = plan or identity_plan(cfg.num_hidden_layers)
     ffn_sizes, q_heads, kv = grown_layer_sizes(wide, plan)
     out = _resized(
@@ -286,6 +296,14 @@ def make_plan(
 def depth_layers(cfg: BigTrainConfig, args: DepthArgs) -> list[LayerPlan]:
     """The depth operator's plan over the (widened) source."""
     return REGISTRY[args.op].plan(cfg, args)
+
+
+def check_options(op_name: str, ops: tuple[str | None, str | None], given: dict[str, Any]) -> None:
+    """An option none of the chosen operators takes is an error (the registry says who takes what)."""
+    for option in given:
+        if not any(o and option in REGISTRY[o].options for o in ops):
+            flag = option.replace("_", "-")
+            raise BigtrainError(f"--op {op_name}: --{flag} applies to {', '.join(taking(option))} only")
 
 
 def check_placement(depth_op: str, placement: str | None) -> None:

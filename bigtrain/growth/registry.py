@@ -8,10 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bigtrain.errors import BigtrainError
-from bigtrain.growth import depth, mixture, width
+from bigtrain.growth import block_expand, depth, dus, middle_stack, mixture, width
 from bigtrain.growth.operator import Operator
 
-REGISTRY: dict[str, Operator] = {op.name: op for op in (*depth.OPERATORS, *width.OPERATORS, mixture.OPERATOR)}
+OPERATORS = (
+    *depth.OPERATORS,
+    dus.OPERATOR,
+    block_expand.OPERATOR,
+    middle_stack.OPERATOR,
+    *width.OPERATORS,
+    mixture.OPERATOR,
+)
+REGISTRY: dict[str, Operator] = {op.name: op for op in OPERATORS}
 DEPTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "depth")
 WIDTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "width")
 
