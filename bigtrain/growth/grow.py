@@ -15,6 +15,7 @@ import copy
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -262,6 +263,9 @@ def make_plan(
         spread = DEFAULT_SPLIT_SPREAD if split_spread is None else split_spread
         sigma = DEFAULT_NOISE_STD if noise_std is None else noise_std
         check_split(split, spread, sigma)
+        sizes = REGISTRY[width_op].sizes
+        if sizes is not None:  # the operator's own defaults and constraints (hypercloning: whole multiples)
+            hidden, ffn, heads, kv_heads = sizes(cfg, hidden, ffn, heads, kv_heads)
         target = width_target(cfg, hidden, ffn, heads, kv_heads)
         wide = _resized(
             cfg,
@@ -276,6 +280,7 @@ def make_plan(
         ctx = WidthContext(
             width_op, cfg, target, unit_map(cfg.hidden_size, target.hidden, generator("hidden")), generator
         )
+        ctx.snr_db = extra.get("snr_db")
         if width_op in SPLIT_OPS:
             ctx.split, ctx.split_spread, ctx.noise_std = split, spread, sigma
             if split == "asymmetric":
@@ -316,7 +321,8 @@ def check_placement(depth_op: str, placement: str | None) -> None:
 def make_record(cfg: BigTrainConfig, plan: Plan, args: dict[str, Any]) -> GrowthRecord:
     preserving = depth_preserves_function(plan.layers)
     if plan.ctx is not None:
-        preserving = preserving and width_preserves_function(plan.width_op, cfg, plan.ctx.target, plan.ctx.split)
+        rule = REGISTRY[plan.width_op].preserving or partial(width_preserves_function, plan.width_op)
+        preserving = preserving and rule(cfg, plan.ctx.target, plan.ctx.split)
     return GrowthRecord(
         op=plan.name,
         operators=[x for x in (plan.depth_op, plan.width_op) if x],

@@ -68,6 +68,9 @@ class Operator:
     replica_maps: bool = True
     # width: (source config, hidden, ffn, heads, kv_heads) -> the sizes to grow to (defaults, checks)
     sizes: Callable[..., tuple[int | None, int | None, int | None, int | None]] | None = None
+    # width: (source config, WidthTarget, split) -> whether this growth preserves the function; None:
+    # width.width_preserves_function
+    preserving: Callable[..., bool] | None = None
 
     @property
     def reference(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bigtrain.errors import BigtrainError
-from bigtrain.growth import block_expand, depth, dus, middle_stack, mixture, width
+from bigtrain.growth import block_expand, depth, dus, hypercloning, middle_stack, mixture, width
 from bigtrain.growth.operator import Operator
 
 OPERATORS = (
@@ -18,6 +18,7 @@ OPERATORS = (
     middle_stack.OPERATOR,
     *width.OPERATORS,
     mixture.OPERATOR,
+    hypercloning.OPERATOR,
 )
 REGISTRY: dict[str, Operator] = {op.name: op for op in OPERATORS}
 DEPTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "depth")

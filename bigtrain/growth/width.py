@@ -213,6 +213,7 @@ class WidthContext:
     split_spread: float = DEFAULT_SPLIT_SPREAD
     noise_std: float = DEFAULT_NOISE_STD
     hidden_split: torch.Tensor | None = None  # asymmetric: w per target hidden channel
+    snr_db: float | None = None  # hypercloning: SNR of its +-noise (None: none)
 
     @property
     def hidden_scale(self) -> torch.Tensor:
