@@ -257,8 +257,11 @@ GROW_SIZES = {
 
 
 class StepConfig(Section):
-    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully."""
+    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully.
+    `lora: false` is LLaMA Pro's stage (Wu et al., ACL 2024): the inherited layers frozen, no adapters,
+    only the new blocks train (with `train_embeddings: false, train_lm_head: false` as the paper)."""
 
+    lora: bool = True
     lora_rank: int = Field(default=64, ge=1)
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -556,7 +559,7 @@ def _check_stage_growth(
             raise RecipeError(f"{where}: step: needs grow: to add layers (STEP trains the new layers)")
         cfg = spec.build_config()
         inherited_ffn = any(cfg.layer_intermediate_sizes[: prev.num_layers])
-        if not inherited_ffn:
+        if not inherited_ffn and stage.step.lora:
             for t in stage.step.targets:
                 if t in MLP_PROJECTIONS:
                     raise RecipeError(f"{where}: step.targets: {t!r} matches nothing (no inherited layer has an FFN)")
