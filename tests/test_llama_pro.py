@@ -3,9 +3,13 @@ without LoRA (`step: {lora: false}`), next to STEP's frozen-with-LoRA."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from bigtrain.config import StepConfig, load_recipe
 from bigtrain.model.counting import train_flops_per_token
@@ -51,3 +55,30 @@ def test_block_expand_demo_recipe_is_llama_pro():
     assert [s.recipe.model.num_layers for s in stages] == [4, 6]
     step = stages[1].recipe.step
     assert step is not None and not step.lora and not step.train_embeddings and not step.train_lm_head
+
+
+@pytest.mark.slow
+def test_llama_pro_stage_keeps_the_inherited_layers(tmp_path: Path, demo_data: Path):
+    """The demo end to end on one rank (ZeRO-3): after the expanded stage trains, every inherited layer (and
+    the embeddings, final norm, LM head) is bitwise what the grown init holds; the new blocks moved. (Before
+    the embedding hook in apply_step, a frozen embedding made this backward fail on size-0 weights.)"""
+    out = tmp_path / "run"
+    overrides = [f"output_dir={out}", f"data.cache_dir={out / 'data'}", "train.max_steps=3"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bigtrain.cli.run", "recipes/block-expand-demo.yaml", "--nproc", "1", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    init = load_file(out / "expanded" / "init" / "model.safetensors")
+    trained = load_file(out / "expanded" / "hf" / "model.safetensors")
+    assert set(init) == set(trained)
+    new = {1 + 1, 4 + 1}  # block-expand 4 -> 6: zeroed copies after source layers 1 and 3 (targets 2 and 5)
+    for name in init:
+        if layer_index(name) in new:
+            continue
+        assert torch.equal(init[name], trained[name]), name
+    moved = [n for n in init if layer_index(n) in new and not torch.equal(init[n], trained[n])]
+    assert any("o_proj" in n for n in moved) and any("down_proj" in n for n in moved)

@@ -95,6 +95,13 @@ def apply_step(
     for name, p in model.named_parameters():
         is_lora = ".lora_" in name
         p.requires_grad_(is_lora or trainable_in_step(base_name(name), inherited, step_cfg))
+    if not step_cfg.train_embeddings:
+        # A frozen embedding gives the decoder inputs that do not require grad; under ZeRO-3 the backward
+        # then reached a frozen layer's weights un-gathered (size-0 tensors; seen with lora: false). The
+        # embedding output requiring grad (transformers' enable_input_require_grads) keeps every layer's
+        # ZeRO-3 backward hooks in the graph; it only adds the input gradients of the frozen layers below
+        # the first trainable one, which the FLOPs count (4 per frozen weight) already assumes.
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
     return model
 
 
