@@ -64,3 +64,22 @@ def test_cli_needs_the_checkpoints_without_list(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--op", "stack"])
     assert e.value.code == 2
+
+
+def test_cli_new_operators_and_a_wrong_option(tmp_path, capsys):
+    from bigtrain.growth import read_growth_record
+    from tests.growth_helpers import random_model, tiny_config
+
+    src = tmp_path / "src"
+    random_model(tiny_config(vocab_size=100, num_hidden_layers=4)).save_pretrained(src)
+    for argv in (["--op", "dus", "--drop", "1"], ["--op", "middle-stack", "--layers", "6", "--block", "2"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(src), str(tmp_path / argv[1]), *argv, "--no-progress"])
+        assert e.value.code == 0
+    assert read_growth_record(tmp_path / "dus").args["drop"] == 1
+    assert len(read_growth_record(tmp_path / "middle-stack").layers) == 6
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(src), str(tmp_path / "bad"), "--op", "stack", "--layers", "6", "--snr-db", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--snr-db applies to hypercloning only" in err and err.count("\n") == 1
