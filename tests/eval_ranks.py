@@ -13,10 +13,10 @@ import deepspeed
 from bigtrain.config import Recipe
 from bigtrain.data.dataset import prepare_run_data
 from bigtrain.model import BigTrainForCausalLM
+from bigtrain.train.build import on_main_first, weight_decay_groups
 from bigtrain.train.distributed import init_distributed
 from bigtrain.train.evaluate import evaluate
 from bigtrain.train.fast_path import plan_engine, prepare_model
-from bigtrain.train.loop import on_main_first, weight_decay_groups
 from bigtrain.train.model_config import resolve_model_config
 from bigtrain.train.weights import initialize_weights
 

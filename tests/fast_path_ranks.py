@@ -14,9 +14,9 @@ from deepspeed.utils.z3_leaf_module import z3_leaf_module
 
 from bigtrain.config import Recipe
 from bigtrain.model import BigTrainForCausalLM
+from bigtrain.train.build import weight_decay_groups
 from bigtrain.train.distributed import init_distributed
 from bigtrain.train.fast_path import decoder_layers, plan_engine, prepare_model
-from bigtrain.train.loop import weight_decay_groups
 from bigtrain.train.weights import initialize_weights
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bigtrain.config import DataConfig
-from bigtrain.data.prepare import prepare_split, prepare_token_dir
+from bigtrain.data.prepare import cached_store, prepare_token_dir, source_spec
 from bigtrain.data.sampler import GlobalBatchSampler, MixtureSampler
 from bigtrain.data.store import open_tokens
 from bigtrain.data.tokenizer import load_tokenizer
@@ -22,6 +22,17 @@ from tests.trainer_runs import REPO
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir: Path):
     return load_tokenizer(str(tokenizer_dir))
+
+
+def prepare_split(cfg: DataConfig, split: str, tokenizer, cache_root: Path):
+    """The first source of a split, prepared into the cache as the trainer does (None: no such split)."""
+    sources = source_spec(cfg, split)
+    if not sources:
+        return None
+    src = sources[0]
+    if src.token_dir:
+        return open_tokens(src.token_dir)
+    return cached_store(src, tokenizer, cache_root, workers=cfg.workers)
 
 
 def test_sampler_global_batches_do_not_depend_on_world_size() -> None:
@@ -49,6 +60,7 @@ def test_a_run_that_starts_later_continues_the_same_order(start: int) -> None:
     assert later.position(80) == {
         "sequences": 80,
         "sources": {"train": {"sequences": start + 80, "epoch": (start + 80) // 100}},
+        "order": "feistel",
         "start_sequence": start,
     }
     assert later.run_draws(80) == {"train": 80}

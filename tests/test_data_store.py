@@ -19,7 +19,7 @@ from bigtrain.data.dataset import prepare_run_data
 from bigtrain.data.prepare import prepare_store, train_sources
 from bigtrain.data.sampler import MixtureSampler, tokens_by_source
 from bigtrain.data.store import open_tokens
-from bigtrain.data.token_file import TokenFileWriter
+from bigtrain.data.token_file import META, TOKENS
 from bigtrain.data.tokenizer import load_tokenizer
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.stages import resolve_stages
@@ -112,12 +112,19 @@ def test_info_cli(tmp_path: Path, tokenizer, small_files: list[Path], capsys: py
     assert "documents  2" in out and "shards     2" in out and "BOS=1 EOS=2" in out and "phoenix" in out
 
 
+def write_legacy_token_dir(out: Path, docs: list[list[int]], vocab_size: int, eos: int) -> None:
+    """The first, single-file token format (what an older `bigtrain-data prepare` wrote): the documents
+    each followed by EOS in one flat uint16 array, and meta.json."""
+    flat = np.asarray([t for ids in docs for t in (*ids, eos)], dtype=np.uint16)
+    out.mkdir()
+    (out / TOKENS).write_bytes(flat.tobytes())
+    meta = {"dtype": "uint16", "num_tokens": len(flat), "num_documents": len(docs), "vocab_size": vocab_size}
+    (out / META).write_text(json.dumps(meta | {"eos_token_id": eos, "tokenizer": "data/tokenizer", "fingerprint": "x"}))
+
+
 def test_legacy_single_file_token_dir_still_trains(tmp_path: Path, tokenizer, sample_text: str) -> None:
-    (tmp_path / "old").mkdir()
-    w = TokenFileWriter(tmp_path / "old", len(tokenizer), tokenizer.eos_token_id, "data/tokenizer", "x")
     ids = tokenizer(sample_text, add_special_tokens=False).input_ids
-    w.add_documents([ids])
-    w.close()
+    write_legacy_token_dir(tmp_path / "old", [ids], len(tokenizer), tokenizer.eos_token_id)
     data = prepare_run_data(DataConfig(token_dir=str(tmp_path / "old"), seq_len=32), tmp_path / "cache")
     assert data.eval is not None and data.train.count + data.eval.count == (len(ids) + 1) // 32
     assert list(data.train.batch(np.array([0]))[0]) == ids[:32]

@@ -17,15 +17,15 @@ from transformers import AutoTokenizer
 from bigtrain.config import Recipe
 from bigtrain.data.sampler import GlobalBatchSampler
 from bigtrain.errors import BigtrainError
-from bigtrain.model import BigTrainForCausalLM
-from bigtrain.model.kernels import liger_installed
-from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy
+from bigtrain.model import BigTrainForCausalLM, kernels
+from bigtrain.model.kernels import liger_installed, resolve_kernels
+from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy, resolve_loss
 from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.zero_stage import choose_zero_stage, model_state_bytes
 from tests.growth_helpers import llama_3_2_1b_config, tiny_config
-from tests.trainer_runs import REPO, run_ranks
+from tests.trainer_runs import REPO, launch, losses, run_ranks, tiny_overrides
 
 GIB = 2**30
 needs_liger = pytest.mark.skipif(
@@ -104,6 +104,29 @@ def test_liger_kernels_and_fused_loss_equal_torch(tokens: torch.Tensor) -> None:
 # --- compile, checkpointing, mask ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("cuda", "installed"), [(False, False), (False, True), (True, False), (True, True)])
+def test_kernels_and_loss_resolve_by_one_rule(monkeypatch: pytest.MonkeyPatch, cuda: bool, installed: bool) -> None:
+    """auto picks liger's option only with CUDA and liger-kernel; asking for it without is one line."""
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(kernels, "liger_installed", lambda: installed)
+    both = cuda and installed
+    assert resolve_kernels("auto") == ("liger" if both else "torch")
+    assert resolve_loss("auto") == ("fused" if both else "chunked")
+    assert resolve_kernels("torch") == "torch" and resolve_loss("plain") == "plain"
+    for resolve, key, liger, other in (
+        (resolve_kernels, "train.kernels", "liger", "torch"),
+        (resolve_loss, "train.loss", "fused", "chunked"),
+    ):
+        if both:
+            assert resolve(liger) == liger
+        else:
+            why = "needs a CUDA device" if not cuda else "needs liger-kernel"
+            with pytest.raises(BigtrainError, match=f"^{key}: {liger} {why}"):
+                resolve(liger)
+        with pytest.raises(BigtrainError, match=f"^{key}: unknown 'triton' \\(auto, .*{other}"):
+            resolve("triton")
+
+
 def test_compiled_layers_equal_eager(tokens: torch.Tensor) -> None:
     model = tiny_model(num_hidden_layers=2)
     model.select_loss("chunked")
@@ -151,19 +174,40 @@ def test_zero_stage_auto_picks_the_fastest_stage_that_fits() -> None:
     params = llama_1b_params()
     assert params == pytest.approx(1.236e9, rel=1e-3)
     bf16 = Recipe.model_validate({"train": {"precision": "bf16"}})
-    # one 80 GB GPU: 1.24B x 20 B = 23 GiB of states fit -> no ZeRO at all
+    # one 80 GB GPU, bf16: stage 1 (never 0: BF16_Optimizer's fp32 master and gradient sums), 1.24B x 20 B
+    # = 23 GiB (bf16 weights and grads, the fp32 gradient buffer, master and moments) fit in half
     stage, why = choose_zero_stage(bf16, 1, params, 80 * GIB)
-    assert stage == 0 and "stage 0" in why
-    # a 24 GB GPU: stage 0 (23 GiB) does not fit in half; 8 GPUs at stage 1 do (2.3 + 2.3 + 1.7 GiB)
+    assert stage == 1 and "stage 1" in why and "fp32" in why
+    # fp32 has no such problem: no ZeRO at all, 1.24B x 16 B = 18 GiB
+    fp32 = Recipe.model_validate({"train": {"precision": "fp32"}})
+    assert choose_zero_stage(fp32, 1, params, 80 * GIB)[0] == 0
+    # a 24 GB GPU: stage 1 on one (23 GiB) does not fit in half; 8 GPUs at stage 1 do (2.3 + 2.3 + 4.6 + 1.7 GiB)
     assert choose_zero_stage(bf16, 8, params, 24 * GIB)[0] == 1
     assert choose_zero_stage(bf16, 1, params, 24 * GIB)[0] == 3
-    assert model_state_bytes(params, 3, 8, "bf16") == int(params * 16 / 8)
+    assert model_state_bytes(params, 3, 8, "bf16") == int(params * 18 / 8)  # fp32 gradient partitions
     # no CUDA: the template's stage (CPU runs exercise ZeRO-3); offload/custom templates keep theirs
     assert choose_zero_stage(bf16, 1, params, None)[0] == 3
     offload = Recipe.model_validate({"train": {"ds_config": "zero3_offload"}})
     assert choose_zero_stage(offload, 1, params, 80 * GIB)[0] == 3
     assert choose_zero_stage(Recipe.model_validate({"train": {"zero_stage": 2}}), 1, params, 80 * GIB)[0] == 2
     assert choose_zero_stage(bf16, 1, params, 80 * GIB, resumed_stage=3)[0] == 3
+
+
+def test_bf16_configs_accumulate_gradients_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto + bf16 on a GPU that fits the 1B: stage 1 with grad_accum_dtype fp32 (BF16_Optimizer); every bf16
+    ZeRO stage sums in fp32; stage 0 (refuses it) and fp32 runs get no data_types."""
+    import bigtrain.train.fast_path as fast_path
+
+    monkeypatch.setattr(fast_path, "device_memory_bytes", lambda: 80 * GIB)
+    bf16 = Recipe.model_validate({"train": {"precision": "bf16"}})
+    ds_config, choice = fast_path.plan_engine(bf16, 1, llama_3_2_1b_config())
+    assert choice["zero_stage"] == 1 and ds_config["zero_optimization"]["stage"] == 1
+    assert ds_config["data_types"] == {"grad_accum_dtype": "fp32"} and ds_config["bf16"]["enabled"] is True
+    for stage in (2, 3):
+        assert build_ds_config(bf16, 8, 2048, zero_stage=stage)["data_types"]["grad_accum_dtype"] == "fp32"
+    assert "data_types" not in build_ds_config(bf16, 1, 2048, zero_stage=0)
+    fp32 = Recipe.model_validate({"train": {"precision": "fp32"}})
+    assert "data_types" not in build_ds_config(fp32, 1, 2048, zero_stage=1)
 
 
 def test_ds_config_per_stage() -> None:
@@ -218,3 +262,46 @@ def test_zero3_leaf_layers_and_external_head_equal_stage0(tmp_path: Path, tokens
     assert r["leaf_layers"] == 2 and r["zero3_stage"] == 3 and r["stage0_stage"] == 0
     assert r["zero3_loss"] == pytest.approx(r["stage0_loss"], rel=1e-5)
     assert r["grads_compared"] == r["params"] and r["max_grad_diff"] < 1e-5
+
+
+# --- bf16 engine: RoPE and gradient sums in fp32 ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bf16_engine_keeps_rope_fp32_and_sums_grads_in_fp32(tmp_path: Path) -> None:
+    """Real bf16 DeepSpeed on one rank, as the trainer builds it: zero.Init (stage 3) leaves inv_freq bf16;
+    restore_fp32_rope gives back the exact fp32 table at stages 3, 2 and 1, and it stays fp32 through a step.
+    The same engines sum micro-batch gradients in fp32 (stage 1: BF16_Optimizer)."""
+    out = tmp_path / "bf16.json"
+    run_ranks(REPO / "tests" / "bf16_engine_ranks.py", [str(out)], 1)
+    for stage, r in json.loads(out.read_text()).items():
+        assert r["bf16"] and r["stage"] == int(stage) and r["restored"] == 1, r
+        if stage == "3":  # the bug this guards against, still there upstream
+            assert r["before"] == "torch.bfloat16", r
+        assert r["after"] == r["after_step"] == "torch.float32", r
+        assert r["max_diff"] == 0.0 and r["loss_finite"], r
+        # micro-batch gradients summed in fp32; stage 1 through BF16_Optimizer
+        assert r["grad_accum_dtype"] == "fp32" and r["accum_buffer_dtype"] == "torch.float32", r
+    stage1 = json.loads(out.read_text())["1"]
+    assert stage1["optimizer"] == "BF16_Optimizer"
+    # its state on one rank, over the same flat (padded) groups as the bf16 weights: fp32 gradient sums
+    # 4 B, fp32 master + moments 12 B per element (run.json's memory, counted from its tensors)
+    mem = stage1["memory"]
+    assert mem["grad_bytes"] == 2 * mem["param_bytes"] and mem["optimizer_state_bytes"] == 6 * mem["param_bytes"]
+
+
+@pytest.mark.slow
+def test_bf16_stage1_saves_and_resumes(demo_data: Path, tmp_path: Path) -> None:
+    """bf16 at stage 1 (BF16_Optimizer, what auto picks on one GPU) through the trainer: a finished 2-step run
+    given 4 steps resumes from its checkpoint and trains on; run.json counts the fp32 master and gradients."""
+    out = tmp_path / "run"
+    extra = {"train.precision": "bf16", "train.zero_stage": 1, "train.eval_every": 0, "train.export": "false"}
+    launch(tiny_overrides(demo_data, out, tmp_path / "cache", **extra, **{"train.max_steps": 2}), ranks=1)
+    launch(tiny_overrides(demo_data, out, tmp_path / "cache", **extra, **{"train.max_steps": 4}), ranks=1)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["step"] == 4 and info["resumed_from"].endswith("step_2")
+    assert info["zero_stage"] == 1 and info["precision"] == "bf16"
+    mem = info["memory"]
+    assert mem["grad_bytes"] == 2 * mem["param_bytes"] and mem["optimizer_state_bytes"] == 6 * mem["param_bytes"]
+    curve = losses(out)
+    assert sorted(curve) == [1, 2, 3, 4] and curve[4] < curve[1]

@@ -6,7 +6,7 @@ import pytest
 
 from bigtrain.model import BigTrainConfig
 from bigtrain.model.counting import palm_flops_per_token, total_params, train_flops_per_token
-from bigtrain.train.metrics import PEAK_RULES, mfu, peak_for
+from bigtrain.train.metrics import PEAK_RULES, IntervalTimer, mfu, peak_for
 from tests.growth_helpers import llama_3_2_1b_config as llama_3_2_1b
 
 GIB = 2**30
@@ -87,3 +87,27 @@ def test_unknown_device_has_no_peak() -> None:
     assert peak_for("NVIDIA GeForce GTX 1080", 20, 8 * GIB) is None
     assert peak_for("cpu") is None
     assert all(t > 0 for _, _, t in PEAK_RULES)
+
+
+def test_interval_timer_one_clock_read_ends_one_interval_and_starts_the_next() -> None:
+    """Intervals tile the run: their seconds sum to the whole, each lap reads the clock once, so the time
+    spent in (and after) the host sync that ends an interval is in some interval, never in none."""
+    reads: list[float] = []
+    ticks = iter([10.0, 10.5, 12.0, 12.25, 15.0])
+
+    def clock() -> float:
+        reads.append(next(ticks))
+        return reads[-1]
+
+    timer = IntervalTimer(clock)
+    for _ in range(3):
+        timer.step()
+    assert timer.lap() == (0.5, 3)  # 10.0 -> 10.5
+    timer.step()
+    assert timer.lap() == (1.5, 1)  # starts at the very read that ended the first: 10.5 -> 12.0
+    assert timer.lap() == (0.25, 0)
+    timer.step()
+    timer.step()
+    assert timer.lap() == (2.75, 2)
+    assert reads == [10.0, 10.5, 12.0, 12.25, 15.0]  # one read per lap, none between intervals
+    assert reads[-1] - reads[0] == 0.5 + 1.5 + 0.25 + 2.75

@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import bigtrain.model  # noqa: F401  (registers model_type bigtrain with the Auto classes)
@@ -129,38 +132,180 @@ def test_grown_checkpoint_trains_as_the_next_stage(trained_run, demo_data, tmp_p
     assert stage2[0] < first - 0.1  # the grown model starts from what the source learned
 
 
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        ("truncate", "truncated"),
-        ("header", "corrupt"),
-        ("drop_shard", "missing"),
-        ("no_config", "no config.json"),
-        ("model_type", "not supported"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(stock, tmp_path, capsys, damage, message):
+# --- a table of corrupted copies of the stock checkpoint: each is one line, exit 2, nothing written ---
+
+EMBED, LM_HEAD, NORM = "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"
+Q, UP = "model.layers.1.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"
+
+
+def shard_of(src: Path, tensor: str) -> Path:
+    return src / json.loads((src / "model.safetensors.index.json").read_text())["weight_map"][tensor]
+
+
+def target(src: Path, name: str) -> Path:
+    """The shard holding tensor `name`, or the file `name` of the checkpoint."""
+    return shard_of(src, name) if name in (EMBED, LM_HEAD, NORM, Q, UP) else src / name
+
+
+def cut(name: str, keep: Callable[[int], int]) -> Callable[[Path], None]:
+    """Truncate a file (or the shard holding a tensor) to keep(size) bytes."""
+
+    def damage(src: Path) -> None:
+        path = target(src, name)
+        data = path.read_bytes()
+        path.write_bytes(data[: keep(len(data))])
+
+    return damage
+
+
+def header_entry(tensor: str, change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """Rewrite one tensor's entry of its shard's safetensors header (JSON), keeping the data bytes;
+    `change` edits the entry in place or returns what replaces it."""
+
+    def damage(src: Path) -> None:
+        path = shard_of(src, tensor)
+        data = path.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        replaced = change(header[tensor])
+        header[tensor] = header[tensor] if replaced is None else replaced
+        raw = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+
+    return damage
+
+
+def header_length(change: Callable[[int, int], int]) -> Callable[[Path], None]:
+    """A header length that lies: change(true length, file size) -> the length written."""
+
+    def damage(src: Path) -> None:
+        path = shard_of(src, Q)
+        data = path.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        path.write_bytes(struct.pack("<Q", change(n, len(data))) + data[8:])
+
+    return damage
+
+
+def flip_header_bytes(src: Path) -> None:
+    path = shard_of(src, Q)
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json!!!!"
+    path.write_bytes(bytes(data))
+
+
+def tensor(name: str, change: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable[[Path], None]:
+    """Rewrite the shard holding `name` through safetensors: a valid file with the wrong contents
+    (`change` returns the stored tensor, None drops it)."""
+
+    def damage(src: Path) -> None:
+        shard = shard_of(src, name)
+        tensors = load_file(shard)
+        new = change(tensors.pop(name))
+        if new is not None:
+            tensors[name] = new
+        save_file(tensors, shard, metadata={"format": "pt"})
+
+    return damage
+
+
+def config(**change: object) -> Callable[[Path], None]:
+    def damage(src: Path) -> None:
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, **change}))
+
+    return damage
+
+
+def bigtrain_config(**change: object) -> Callable[[Path], None]:
+    """The same tensors described by a bigtrain config.json (per-layer lists, as a bigtrain export has)."""
+
+    def damage(src: Path) -> None:
+        cfg = {**tiny_config().to_dict(), "model_type": "bigtrain", **change}
+        (src / "config.json").write_text(json.dumps(cfg))
+
+    return damage
+
+
+def write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda src: (src / name).write_bytes(content)
+
+
+def remove(name: str) -> Callable[[Path], None]:
+    return lambda src: target(src, name).unlink()
+
+
+def empty_dir(src: Path) -> None:
+    for f in src.iterdir():
+        f.unlink()
+
+
+INDEX = "model.safetensors.index.json"
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    # truncations
+    "truncated data": (cut(LM_HEAD, lambda n: n - 100), "truncated"),
+    "truncated header": (cut(LM_HEAD, lambda n: 5), "truncated"),
+    "empty shard": (cut(LM_HEAD, lambda n: 0), "truncated"),
+    "truncated index": (cut(INDEX, lambda n: n // 2), "corrupt index"),
+    # flipped header bytes
+    "flipped header bytes": (flip_header_bytes, "corrupt safetensors header"),
+    "unknown dtype": (header_entry(Q, lambda e: e.update(dtype="F33")), "corrupt safetensors entry"),
+    "offsets off by one": (
+        header_entry(Q, lambda e: e.update(data_offsets=[e["data_offsets"][0], e["data_offsets"][1] + 1])),
+        "size mismatch",
+    ),
+    "negative offsets": (header_entry(Q, lambda e: e.update(data_offsets=[-16 - 4 * 64 * 64, -16])), "negative offset"),
+    "entry not an object": (header_entry(Q, lambda e: [1, 2]), "corrupt safetensors entry"),
+    # a header length that lies
+    "header length past the end": (header_length(lambda n, size: size * 2), "truncated or corrupt"),
+    "header length huge": (header_length(lambda n, size: 2**64 - 1), "truncated or corrupt"),
+    "header length short": (header_length(lambda n, size: n - 10), "corrupt safetensors header"),
+    "header length long": (header_length(lambda n, size: n + 64), "corrupt safetensors header"),
+    # broken or contradictory configs
+    "no config.json": (remove("config.json"), "no config.json"),
+    "config not JSON": (write("config.json", b"{model_type: llama"), "not valid JSON"),
+    "config not UTF-8": (write("config.json", b'{"model_type": "\xff\xfe"}'), "not valid JSON"),
+    "config a list": (write("config.json", b"[1, 2]"), "not a config"),
+    "unsupported model_type": (config(model_type="gpt2"), "not supported"),
+    "heads do not divide hidden": (config(num_attention_heads=5), "not a multiple of the number of attention heads"),
+    "kv heads do not divide heads": (config(num_key_value_heads=3), "not divisible by 3 kv heads"),
+    "hidden size a string": (config(hidden_size="sixty-four"), "invalid config"),
+    "more layers than tensors": (config(num_hidden_layers=4), "missing tensor model.layers.3."),
+    "vocab contradicts embedding": (config(vocab_size=1000), "config implies"),
+    "odd head_dim": (config(head_dim=15), "head_dim"),
+    "bigtrain layer list too short": (
+        bigtrain_config(layer_intermediate_sizes=[96, 96]),
+        "layer_intermediate_sizes has 2 entries for 3 layers",
+    ),
+    "bigtrain heads contradict q_proj": (
+        bigtrain_config(num_attention_heads=6, layer_num_attention_heads=[6, 6, 6]),
+        "config implies",
+    ),
+    # missing, misshapen or wrongly typed tensors
+    "missing tensor": (tensor(Q, lambda t: None), f"missing tensor {Q}"),
+    "missing shard": (remove(LM_HEAD), "missing"),
+    "index weight_map a list": (write(INDEX, b'{"weight_map": [1]}'), "corrupt index"),
+    "transposed tensor": (tensor(UP, lambda t: t.t().contiguous()), "has shape"),
+    "int32 weight": (tensor(LM_HEAD, lambda t: t.to(torch.int32)), "stored as int32"),
+    "int64 embedding": (tensor(EMBED, lambda t: t.long()), "stored as int64"),
+    "bool norm": (tensor(NORM, lambda t: t > 1), "stored as bool"),
+    # nothing there
+    "empty directory": (empty_dir, "not a checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_corrupted_checkpoints_are_one_line_exit_2_nothing_written(stock, tmp_path, capsys, case):
+    damage, message = CORRUPTIONS[case]
     src = tmp_path / "in"
     shutil.copytree(stock, src)
-    shard = sorted(src.glob("model-*.safetensors"))[1]
-    if damage == "truncate":
-        shard.write_bytes(shard.read_bytes()[:-100])
-    elif damage == "header":
-        data = bytearray(shard.read_bytes())
-        data[8:20] = b"not json!!!!"
-        shard.write_bytes(bytes(data))
-    elif damage == "drop_shard":
-        shard.unlink()
-    elif damage == "no_config":
-        (src / "config.json").unlink()
-    elif damage == "model_type":
-        cfg = json.loads((src / "config.json").read_text())
-        (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    assert run(src, tmp_path / "out", "--op", "stack", "--layers", 6) == 2
+    damage(src)
+    assert run(src, tmp_path / "out", "--op", "stack", "--layers", 6, "--no-progress") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("error: ") and err.count("\n") == 1, err[-3000:]
+    assert message in err, err
     assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp dir left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no temp dir left either
 
 
 @pytest.mark.parametrize(

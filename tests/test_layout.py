@@ -359,6 +359,50 @@ def test_cli_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def word_tokenizer(path: Path, words: int) -> Path:
+    """A real tokenizer of `words` words plus <unk> and </s> (word level)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1} | {f"w{i}": i + 2 for i in range(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>").save_pretrained(path)
+    return path
+
+
+def test_cli_sizes_the_vocab_from_the_tokenizer_as_the_trainer_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recipe without model.vocab_size: the embedding has the tokenizer's 1,002 tokens rounded up to
+    1,024 rows (the trainer's rule), not the 32,000 once assumed."""
+    tok = word_tokenizer(tmp_path / "tok", 1000)
+    model = {"hidden_size": 64, "num_layers": 2, "head_dim": 16, "num_heads": 4, "intermediate_size": 176}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": model, "data": {"tokenizer": str(tok)}, "train": {"max_steps": 3}}))
+    code, out, err = run_layout_cli(capsys, str(recipe), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["vocab_size"] == 1024 and not report["vocab_assumed"]
+    assert report["embedding_params"] == 2 * 1024 * 64 + 64  # embedding + head + final norm
+    from bigtrain.train.model_config import resolve_model_config
+
+    assert resolve_model_config(load_recipe(recipe), 1002).vocab_size == 1024  # what the trainer builds
+    code, table, err = run_layout_cli(capsys, str(recipe))
+    assert code == 0 and f"vocab 1024 (the 1,002 tokens of {tok}, rounded up to a multiple of 64)" in table
+    # model.vocab_size set: the tokenizer is not asked
+    code, out, err = run_layout_cli(capsys, str(recipe), "model.vocab_size=2000", "data.tokenizer=/x", "--json")
+    assert code == 0 and json.loads(out)["vocab_size"] == 2000, err
+    # a recipe whose tokenizer is not there: one line, as the trainer says it
+    code, out, err = run_layout_cli(capsys, str(recipe), "data.tokenizer=/nonexistent")
+    assert code == 2 and err.strip().splitlines() == ["error: data.tokenizer: directory /nonexistent not found"]
+    # a model-only file without a tokenizer at hand: 32,000 assumed, and said
+    only = tmp_path / "model.yaml"
+    only.write_text(yaml.safe_dump(model))
+    code, table, err = run_layout_cli(capsys, str(only), "data.tokenizer=/nonexistent")
+    assert code == 0 and "vocab 32000 (assumed: the recipe leaves it to the tokenizer)" in table
+
+
 # --- the papers' recipes -----------------------------------------------------------------------
 
 PARAM_CLASSES = {

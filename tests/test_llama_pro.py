@@ -15,7 +15,7 @@ from bigtrain.config import StepConfig, load_recipe
 from bigtrain.model.counting import train_flops_per_token
 from bigtrain.model.modeling import BigTrainForCausalLM
 from bigtrain.pipeline.family import step_flops_per_token
-from bigtrain.pipeline.planner import model_tensors
+from bigtrain.pipeline.memory import model_tensors
 from bigtrain.pipeline.stages import resolve_stages
 from bigtrain.train.step_lora import apply_step, layer_index, step_flops_change
 from tests.growth_helpers import tiny_config

@@ -13,15 +13,9 @@ import pytest
 from bigtrain.config import StepConfig, load_recipe
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.modeling import BigTrainForCausalLM
-from bigtrain.pipeline.planner import (
-    ZeroSettings,
-    compositions,
-    model_tensors,
-    paper_stage_cost,
-    plan_recipe,
-    search_stage_sizes,
-    stage_memory,
-)
+from bigtrain.pipeline.memory import ZeroSettings, model_tensors, stage_memory
+from bigtrain.pipeline.planner import plan_recipe
+from bigtrain.pipeline.stage_search import compositions, paper_stage_cost, search_stage_sizes
 from bigtrain.train.step_lora import apply_step
 from tests.growth_helpers import tiny_config
 
@@ -76,13 +70,14 @@ def test_planned_tensors_are_the_models_tensors(train_embeddings: bool) -> None:
 
 
 def test_state_bytes_follow_zero3_partitioning() -> None:
-    """Each tensor is split into ceil(numel / world) elements per rank; trainable ones carry 2+4+8 B more."""
+    """Each tensor is split into ceil(numel / world) elements per rank; trainable ones carry 4+4+8 B more
+    (fp32 gradient partitions: bf16 runs accumulate in fp32)."""
     cfg = heterogeneous()
     step = StepConfig(lora_rank=4)
     tensors = model_tensors(cfg, {0, 1}, step)
     mem = stage_memory(cfg, ZeroSettings(world_size=3), 2, 32, False, {0, 1}, step)
     assert mem.param_bytes == 2 * sum(-(-t.numel // 3) for t in tensors)
-    assert mem.grad_bytes == 2 * sum(-(-t.numel // 3) for t in tensors if t.trainable)
+    assert mem.grad_bytes == 4 * sum(-(-t.numel // 3) for t in tensors if t.trainable)
     assert mem.optimizer_state_bytes == 12 * sum(-(-t.numel // 3) for t in tensors if t.trainable)
     parts = ("trainable_layer", "frozen_layer", "lora", "embeddings_and_head")
     assert sum(mem.details[f"{p}_state_bytes"] for p in parts) == mem.state_bytes
@@ -97,7 +92,9 @@ def test_state_bytes_follow_zero3_partitioning() -> None:
 def test_ds_config_buckets_are_read_from_the_recipe() -> None:
     recipe = load_recipe(REPO / "recipes" / "step-1b.yaml")
     zero = ZeroSettings.from_recipe(recipe, 8)
-    assert zero.world_size == 8 and zero.weight_bytes == 2 and zero.grad_bytes == 2
+    # bf16 weights, fp32 gradient partitions (the config's data_types.grad_accum_dtype)
+    assert zero.world_size == 8 and zero.weight_bytes == 2 and zero.grad_bytes == 4
+    assert ZeroSettings.from_recipe(recipe, 8, precision="fp32").grad_bytes == 4
     assert zero.reduce_bucket_size == 2048 * 2048  # zero3.json: "auto" = hidden^2
     assert ZeroSettings.from_recipe(recipe, 1, "fp32").weight_bytes == 4
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from bigtrain.report.runs import load_run
-from bigtrain.report.target import cost_to_reach, saving, value_at
-from tests.trainer_runs import REPO, launch, tiny_overrides
+from bigtrain.report.target import cost_to_reach, frontier_cost, saving, value_at
+from tests.trainer_runs import REPO, launch, metrics, tiny_overrides
 
 PLOTS = ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall.png", "lr.png", "stages.png")
 
@@ -30,7 +30,7 @@ train: {{max_steps: 4, micro_batch_size: 2, global_batch_size: 8, lr: 3.0e-3, wa
 stages:
   - name: small
   - name: stacked
-    grow: {{op: stack, layers: 2}}
+    grow: {{op: stack, layers: 2, optimizer: carry}}
 """
 
 
@@ -94,6 +94,12 @@ def test_bigtrain_run_ends_with_every_stage_and_the_total(runs: dict) -> None:
     assert f"tokens {sum(i['tokens'] for i in infos):,}" in summary
     assert f"bigtrain-report {root} --out {root / 'report'}" in summary
     assert json.loads((root / "pipeline.json").read_text()) == {"stages": ["small", "stacked"]}
+    # the hand-over: the last training checkpoint grown with its Adam state, seen before the first update
+    growth = json.loads((root / "stacked" / "init" / "growth.json").read_text())
+    assert growth["source"]["kind"] == "zero3" and growth["extra"]["optimizer"] == "carry"
+    assert infos[1]["handover"] == {"masters": "fp32 from init_from", "optimizer": "carried", "adam_step": 4}
+    first = metrics(root / "stacked")[0]
+    assert first["step"] == 0 and first["growth_eval"] is True and first["eval_loss"] > 0
 
 
 @pytest.mark.slow
@@ -180,6 +186,27 @@ def test_tokens_to_target_is_exact_on_a_constructed_curve(tmp_path: Path) -> Non
     md = (out / "report.md").read_text()
     assert "| silent | no eval points |" in md
     assert "| grown | 4.0000 | 2500 | 2e+04 | +37.5 | +50.0 |" in md
+
+
+def test_saving_is_read_off_a_frontier_of_complete_baselines(tmp_path: Path) -> None:
+    assert frontier_cost([(1e4, 5.0), (4e4, 4.0)], 4.5) == pytest.approx(2e4)  # halfway in log FLOPs
+    assert frontier_cost([(1e4, 5.0), (4e4, 4.0)], 3.9) is None and frontier_cost([(1e4, 5.0), (4e4, 4.0)], 5.1) is None
+    # four budgets, the cheapest with two seeds (mean 5.1); every baseline a complete run ending at its point
+    for name, step, loss in [("base-a-seed1", 10, 5.0), ("base-a-seed2", 10, 5.2), ("base-b", 20, 4.5),
+                             ("base-c", 40, 4.0), ("base-d", 80, 3.6)]:
+        write_run(tmp_path / name, [(step, loss)], flops_per_token=10.0, tokens_per_step=100)
+    write_run(tmp_path / "grown", [(10, 5.0), (30, 4.25)], flops_per_token=8.0, tokens_per_step=100)
+    out = tmp_path / "rep"
+    frontier = [tmp_path / n for n in ("base-a-seed1", "base-a-seed2", "base-b", "base-c", "base-d")]
+    cli("bigtrain.cli.report", tmp_path / "grown", "--frontier", *frontier, "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert [(p["budget"], p["seeds"]) for p in report["frontier"]] == [("base-a", 2), ("base-b", 1), ("base-c", 1), ("base-d", 1)]
+    assert report["frontier"][0]["loss"] == pytest.approx(5.1)
+    grown = next(e for e in report["runs"] if e["name"] == "grown")["vs_frontier"]
+    needed = math.sqrt(2e4 * 4e4)  # 4.25 lies halfway between base-b (4.5) and base-c (4.0)
+    assert grown["frontier_flops"] == pytest.approx(needed)
+    assert grown["frontier_saving_pct"] == pytest.approx(100 * (1 - 2.4e4 / needed))
+    assert "| grown | 4.2500 | 2.4e+04 | 2.828e+04 | +15.1 |" in (out / "report.md").read_text()
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path: Path) -> None:

@@ -135,10 +135,15 @@ def test_finished_stage_is_skipped(tmp_path: Path, demo_data: Path) -> None:
     export = tmp_path / "pipe" / "s1" / "hf"
     export.mkdir(parents=True)
     (export / "config.json").write_text("{}")
+    (export.parent / "run.json").write_text(json.dumps({"status": "finished", "step": 4, "tokens": 4096}))
     out = submit_cli(str(recipe), "--nodes", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "# ===== stage s1: finished, would be skipped" in out.stdout
     assert "--prepare-stage s1" not in out.stdout and "--prepare-stage s2" in out.stdout
+    # the recipe now asks s1 for more steps: it is submitted again (the trainer extends it)
+    longer = submit_cli(str(recipe), "--nodes", "2", "--dry-run", "train.max_steps=6")
+    assert longer.returncode == 0, longer.stderr
+    assert "--prepare-stage s1" in longer.stdout and "would be skipped" not in longer.stdout
 
 
 @pytest.mark.parametrize(

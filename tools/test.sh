@@ -3,13 +3,31 @@
 # cluster (tools/slurm-cluster.sh; needs root, as in CI), and run the whole suite on
 # BIGTRAIN_TEST_WORKERS pytest-xdist workers (default 2; 0: in this process), one test file to a
 # worker. Extra arguments go to pytest, e.g. `bash tools/test.sh -k trainer`.
+#
+# A cluster this script brought up is stopped when the suite ends (pass or fail, or Ctrl-C), unless
+# `--keep-cluster` is given (e.g. to rerun single tests against it); one that was already up before is
+# left as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+keep_cluster=0
+args=()
+for a in "$@"; do
+  if [ "$a" = --keep-cluster ]; then keep_cluster=1; else args+=("$a"); fi
+done
+
 bash tools/setup.sh
 if [ "${BIGTRAIN_NO_SLURM:-0}" != 1 ]; then
+  if ! bash tools/slurm-cluster.sh status >/dev/null 2>&1 && [ $keep_cluster = 0 ]; then
+    # ours to stop: set before `up`, so a cluster that fails half way up is stopped as well
+    trap 'bash tools/slurm-cluster.sh down || true' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+  fi
   bash tools/slurm-cluster.sh up
   eval "$(bash tools/slurm-cluster.sh env)"
 fi
 .venv/bin/ruff check bigtrain tests tools
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile \
-  --durations 25 "$@"
+# not exec: the EXIT trap must run after pytest; `set -e` passes pytest's exit status on
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile \
+  --durations 25 ${args[@]+"${args[@]}"}

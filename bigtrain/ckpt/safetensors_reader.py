@@ -60,6 +60,8 @@ class SafetensorsFile:
                 shape = tuple(int(x) for x in e["shape"])
             except (KeyError, TypeError, ValueError):
                 raise BigtrainError(f"{self.path}: corrupt safetensors entry for {name}") from None
+            if not 0 <= begin <= end or any(x < 0 for x in shape):
+                raise BigtrainError(f"{self.path}: corrupt safetensors entry for {name} (negative offset or size)")
             numel = 1
             for s in shape:
                 numel *= s

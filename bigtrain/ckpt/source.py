@@ -36,6 +36,16 @@ TOKENIZER_FILES = (
 )
 
 
+def _config_errors() -> tuple[type[Exception], ...]:
+    """What transformers raises on a config it refuses: plain errors, and (transformers 5) the strict
+    dataclass validation of huggingface_hub, e.g. a head count that does not divide the hidden size."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: no strict configs
+        return (TypeError, ValueError, KeyError, AttributeError)
+    return (TypeError, ValueError, KeyError, AttributeError, StrictDataclassError)
+
+
 def read_config(path: Path) -> tuple[BigTrainConfig, str]:
     """(config, model_type) of a directory's config.json (`llama` or `bigtrain`)."""
     file = path / "config.json"
@@ -43,8 +53,10 @@ def read_config(path: Path) -> tuple[BigTrainConfig, str]:
         raise BigtrainError(f"{path}: no config.json")
     try:
         raw = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BigtrainError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise BigtrainError(f"{file}: not a config (a JSON object), got {type(raw).__name__}")
     model_type = raw.get("model_type")
     try:
         if model_type == "llama":
@@ -53,8 +65,9 @@ def read_config(path: Path) -> tuple[BigTrainConfig, str]:
             cfg = BigTrainConfig.from_pretrained(path)
         else:
             raise BigtrainError(f"{file}: model_type {model_type!r} is not supported (llama or bigtrain)")
-    except (TypeError, ValueError, KeyError) as e:
-        raise BigtrainError(f"{file}: invalid config ({str(e).splitlines()[0]})") from None
+    except _config_errors() as e:
+        reason = e.__cause__ or e  # the strict validators wrap the ValueError that says what is wrong
+        raise BigtrainError(f"{file}: invalid config ({str(reason).strip().splitlines()[0]})") from None
     problems = architecture_problems(cfg)
     if problems:
         raise BigtrainError(f"{file}: {problems[0]}")
@@ -75,6 +88,7 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
     _read_rows: object = None  # (name, start, stop) -> rows of the tensor
     _shapes: dict | None = None
     _dtype: torch.dtype = torch.float32
+    zero3: Zero3Checkpoint | None = None  # a training checkpoint: its Adam moments can be read too
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._shapes:
@@ -96,6 +110,12 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return self._read_rows(name, start, stop)
 
+    def optimizer_state(self, key: str) -> OptimizerState:
+        """The optimizer's per-parameter state `key` (`exp_avg`, `exp_avg_sq`) as a mapping like this one."""
+        if self.zero3 is None:
+            raise BigtrainError(f"{self.path}: an {self.kind} checkpoint holds no optimizer state (a training checkpoint does)")
+        return OptimizerState(self, key)
+
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the stored weights (fp32 for ZeRO-3 master weights)."""
@@ -110,6 +130,27 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
                 k *= x
             n += k
         return n * self._dtype.itemsize
+
+
+class OptimizerState(Mapping[str, torch.Tensor]):
+    """One optimizer state of a training checkpoint, keyed and shaped like its weights, read on access."""
+
+    def __init__(self, source: CheckpointSource, key: str) -> None:
+        self.source, self.key = source, key
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.rows(name, 0, self.source.shape(name)[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        if name not in self.source:
+            raise KeyError(name)
+        return self.source.zero3.read_rows(name, start, stop, self.key)  # type: ignore[union-attr]
 
 
 def _check(cfg: BigTrainConfig, available: Mapping[str, tuple[int, ...]], where: Path) -> dict:
@@ -128,8 +169,10 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise BigtrainError(f"{index}: corrupt index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise BigtrainError(f"{index}: corrupt index (weight_map is not a map of tensor names to files)")
         files = {}
         for fname in sorted(set(weight_map.values())):
             if not (path / fname).is_file():
@@ -144,6 +187,10 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
     else:
         raise BigtrainError(f"{path}: no model.safetensors or {SAFE_WEIGHTS_INDEX_NAME}")
     shapes = _check(cfg, {n: f.shape(n) for n, f in by_name.items()}, path)
+    for name in shapes:  # weights are floats: an integer tensor is a broken file, not something to cast
+        if not by_name[name].dtype(name).is_floating_point:
+            kind = str(by_name[name].dtype(name)).removeprefix("torch.")
+            raise BigtrainError(f"{path}: {name} is stored as {kind}, weights must be floating point")
     dtypes = {by_name[n].dtype(n) for n in shapes}
     dtype = torch.float32 if len(dtypes) != 1 else dtypes.pop()
     tok = path if any((path / f).is_file() for f in TOKENIZER_FILES[:2]) else None
@@ -193,7 +240,7 @@ def _open_zero3(tag_dir: Path, user_path: Path, run_dir: Path | None) -> Checkpo
             tok = d
             break
     return CheckpointSource(
-        user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, ckpt.read_rows, shapes, torch.float32
+        user_path, tag_dir, "zero3", model_type, cfg, tok, ckpt.read, ckpt.read_rows, shapes, torch.float32, ckpt
     )
 
 

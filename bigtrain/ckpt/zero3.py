@@ -87,6 +87,14 @@ class Zero3Checkpoint:
         self.aliases = {_strip(a): _strip(b) for a, b in (ms.get("shared_params") or {}).items()}
         del osd, ms
 
+    def adam_step(self) -> int:
+        """The optimizer's step count (every parameter group steps together)."""
+        state = _load(self.optim_files[0])["optimizer_state_dict"]["optimizer_state_dict"].get("state") or {}
+        if not state:
+            raise BigtrainError(f"{self.dir}: the checkpoint holds no optimizer state (saved before the first step)")
+        step = state[0]["step"]
+        return int(step.item() if torch.is_tensor(step) else step)
+
     def keys(self) -> list[str]:
         return list(self.shapes)
 

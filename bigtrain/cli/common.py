@@ -6,10 +6,9 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from bigtrain.config import RecipeError
 from bigtrain.errors import BigtrainError
 
-USER_ERRORS = (RecipeError, BigtrainError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (BigtrainError, FileNotFoundError, FileExistsError)  # RecipeError is BigtrainError
 
 
 def fail(message: str) -> NoReturn:

@@ -47,6 +47,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", type=int, help="dus: layers dropped from each of the two copies (SOLAR: 8 of 32)")
     p.add_argument("--block", type=int, help="middle-stack: layers in the replicated middle block (default N - L)")
     p.add_argument("--snr-db", type=float, help="hypercloning: SNR in dB of the function-keeping noise (default none)")
+    p.add_argument(
+        "--optimizer",
+        choices=("fresh", "carry"),
+        default="fresh",
+        help="carry: also grow a training checkpoint's Adam moments into CKPT_OUT/optimizer/ (default fresh)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="output dtype (default: the input's)")
     p.add_argument("--max-shard-mb", type=int, default=2048, help="output shard size in MiB (2048)")
     p.add_argument("--verify", action="store_true", help="compare source and grown logits on a batch")
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                 dtype=args.dtype,
                 max_shard_bytes=args.max_shard_mb * 1024**2,
                 progress=False if args.no_progress else None,
+                optimizer=args.optimizer,
                 layers=args.layers,
                 hidden=args.hidden,
                 ffn=args.ffn,

@@ -2,7 +2,8 @@
 
 A RUN is a trained run's `output_dir` or a `bigtrain-run` root (its stages are stitched into one curve).
 With `--baseline`, every run gets the tokens and FLOPs it needs to reach the baseline's final held-out loss
-and the saving in percent. The baseline is added to the runs if it is not among them.
+and the saving in percent. With `--frontier`, the FLOPs a frontier of complete baseline schedules needs for
+the run's final loss, against the run's own (docs/results.md: the protocol). The baseline is added to the runs if it is not among them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def report(args: argparse.Namespace) -> int:
     from bigtrain.report.tables import build_report, format_markdown
 
     paths = [Path(p) for p in args.runs]
-    if args.baseline and Path(args.baseline).resolve() not in {p.resolve() for p in paths}:
-        paths.append(Path(args.baseline))
+    for extra in [args.baseline, *(args.frontier or [])]:
+        if extra and Path(extra).resolve() not in {p.resolve() for p in paths}:
+            paths.append(Path(extra))
     runs = [load_run(p) for p in paths]
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # two runs/<x>/main: name them by their parent too
@@ -38,7 +40,9 @@ def report(args: argparse.Namespace) -> int:
         raise BigtrainError(f"--out {out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, out)
-    result = build_report(runs, baseline)
+    by_path = {r.path.resolve(): r for r in runs}
+    frontier = [by_path[Path(f).resolve()] for f in args.frontier or []]
+    result = build_report(runs, baseline, frontier)
     result["plots"] = [p.name for p in plots]
     write_text_atomic(out / "report.json", json.dumps(result, indent=2))
     write_text_atomic(out / "report.md", format_markdown(result, [p.name for p in plots]))
@@ -50,6 +54,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="bigtrain-report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (a run's output_dir, or a bigtrain-run root)")
     parser.add_argument("--baseline", help="the run the others are measured against")
+    parser.add_argument(
+        "--frontier",
+        nargs="+",
+        metavar="RUN",
+        help="baseline runs at several budgets, each a complete schedule (seeds: NAME-seed<N>); every run's "
+        "saving is read off this frontier",
+    )
     parser.add_argument("--out", required=True, help="directory for the PNGs, report.md and report.json")
     args = parser.parse_args(argv)
     run_cli(lambda: report(args))

@@ -31,7 +31,6 @@ from bigtrain.data.store import (
     claim_directory,
     dtype_for,
     finished_shard,
-    open_tokens,
     prepare_lock,
     read_settings,
     write_index,
@@ -306,17 +305,6 @@ def cached_store(source: Source, tok: PreTrainedTokenizerBase, cache_root: Path,
     assert source.spec is not None
     target = cache_root / f"tokens-{store_settings(source.spec, tok)['fingerprint']}"
     return prepare_store(source, tok, target, **kw)
-
-
-def prepare_split(cfg: DataConfig, split: str, tokenizer: PreTrainedTokenizerBase, cache_root: Path):
-    """The first source of a split, prepared into the cache (None: no such split)."""
-    sources = source_spec(cfg, split)
-    if not sources:
-        return None
-    src = sources[0]
-    return (
-        open_tokens(src.token_dir) if src.token_dir else cached_store(src, tokenizer, cache_root, workers=cfg.workers)
-    )
 
 
 def prepare_token_dir(

@@ -42,39 +42,6 @@ def builder_for(files: list[str], key: str) -> str:
     return builders.pop()  # type: ignore[return-value]
 
 
-def load_documents(
-    *,
-    files: list[str] | None = None,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
-    split: str = "train",
-    text_field: str = "text",
-    streaming: bool = False,
-    key: str = "data.train_files",
-) -> Iterable[str]:
-    """Documents from local files or a dataset name. Text files are one document per file."""
-    import datasets
-
-    datasets.disable_progress_bars()  # per-split bars from datasets; prepare reports one summary line
-    if files:
-        builder = builder_for(files, key)
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=streaming, **kwargs)
-    elif dataset:
-        try:
-            ds = datasets.load_dataset(dataset, dataset_config, split=split, streaming=streaming)
-        except Exception as e:  # datasets raises many types for "not found"/"no access"
-            raise BigtrainError(
-                f"data.dataset: cannot load {dataset!r} split {split!r}: {str(e).splitlines()[0]}"
-            ) from None
-    else:
-        raise BigtrainError(f"{key}: no data given (set data.train_files, data.dataset or data.token_dir)")
-    column_names = ds.column_names if not streaming else None
-    if column_names is not None and text_field not in column_names:
-        raise BigtrainError(f"{key}: no column {text_field!r} (columns: {column_names}); set data.text_field")
-    return (row[text_field] for row in ds)
-
-
 # --- work units: the fixed pieces a source is tokenised in (one shard each) -------------------------
 
 DATASET_UNIT_ROWS = 50_000  # rows of a (non-streamed) dataset per shard

@@ -8,15 +8,23 @@
 Shards are read through memory maps and laid end to end in unit order: the store reads as one flat
 token array, whatever number of processes or machines wrote its shards. Each file lands by an atomic
 rename, so a crash leaves no half shard; a rerun keeps the finished shards and writes the rest.
+
+A memory map holds a file descriptor, and a 100B-token store is thousands of shards: maps are opened on
+first read and kept in one least-recently-used cache per process (all stores together), at most
+BIGTRAIN_OPEN_SHARDS (default 128) at a time, so a run's descriptors are bounded whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import resource
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,9 @@ SETTINGS = "settings.json"
 INDEX = "index.json"
 SHARDS = "shards"
 LOCK = ".prepare.lock"  # flock'd by concurrent parts around the claim and around writing the index
+OPEN_SHARDS_ENV = "BIGTRAIN_OPEN_SHARDS"
+OPEN_SHARDS_DEFAULT = 128  # a map costs one descriptor; 128 leaves most of a common 1024 soft limit to NCCL & co
+FD_HEADROOM = 64  # descriptors kept free beyond those in use and the cache: sockets, logs, checkpoint files
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -149,6 +160,93 @@ class StoreMeta:
     fingerprint: str
 
 
+def open_shards_limit() -> int:
+    """The most shard maps a process keeps open (BIGTRAIN_OPEN_SHARDS, default 128)."""
+    raw = os.environ.get(OPEN_SHARDS_ENV, "")
+    try:
+        value = int(raw) if raw else OPEN_SHARDS_DEFAULT
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BigtrainError(f"{OPEN_SHARDS_ENV}={raw!r}: must be an integer >= 1")
+    return value
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no procfs (macOS): assume a fresh process
+        return 16
+
+
+def ensure_open_files(maps: int, where: Path) -> None:
+    """Before opening a store: raise the soft RLIMIT_NOFILE to the hard limit (what most launchers forget),
+    and refuse, in one line, a limit too low for the descriptors in use + `maps` shard maps + headroom."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):  # a container may forbid it; then the check decides
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    in_use = _descriptors_in_use()
+    need = in_use + maps + FD_HEADROOM
+    if soft != resource.RLIM_INFINITY and soft < need:
+        fits = soft - in_use - FD_HEADROOM
+        lower = f"or set {OPEN_SHARDS_ENV}={fits}" if fits >= 1 else "or close descriptors"
+        raise BigtrainError(
+            f"{where}: the open-file limit (ulimit -n) is {soft}, below the {need} this process needs "
+            f"({in_use} in use + {maps} shard maps + {FD_HEADROOM} spare); raise `ulimit -n` (hard limit {hard}) "
+            f"{lower}"
+        )
+
+
+class MapCache:
+    """The open shard maps of a process, least recently used first; opening one past `limit` drops the
+    oldest (its descriptor closes once no array still views it: reads copy, so at once)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the trainer reads ahead and evaluates from more than one thread
+
+    def get(self, file: Path, dtype: np.dtype) -> np.ndarray:
+        with self._lock:
+            arr = self._maps.get(file)
+            if arr is not None:
+                self._maps.move_to_end(file)
+                return arr
+            while len(self._maps) >= self.limit:
+                self._maps.popitem(last=False)
+            try:
+                arr = np.memmap(file, dtype=dtype, mode="r")
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    raise BigtrainError(
+                        f"{file}: too many open files (limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}); "
+                        f"raise `ulimit -n` or lower {OPEN_SHARDS_ENV} (now {self.limit})"
+                    ) from None
+                raise
+            self._maps[file] = arr
+            return arr
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+
+_CACHE: MapCache | None = None
+
+
+def map_cache() -> MapCache:
+    """The process's one cache (sized from BIGTRAIN_OPEN_SHARDS when first used)."""
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = MapCache(open_shards_limit())
+    return _CACHE
+
+
 class TokenStore:
     """Read side: the shards as one flat token array, cut into fixed-length sequences."""
 
@@ -176,17 +274,19 @@ class TokenStore:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise BigtrainError(f"{path / INDEX}: corrupt token index ({e!r})") from None
         self.path, self.index = path, index
-        dtype = np.dtype(self.meta.dtype)
-        self.shards: list[np.ndarray] = []
+        self.dtype = np.dtype(self.meta.dtype)
+        self.shards: list[Path] = []  # opened on first read, through map_cache()
         for shard in index["shards"]:
             file = path / shard["file"]
-            expected = shard["tokens"] * dtype.itemsize
+            expected = shard["tokens"] * self.dtype.itemsize
             actual = file.stat().st_size if file.is_file() else None
             if actual != expected:
                 got = "missing" if actual is None else f"{actual} bytes"
                 raise BigtrainError(f"{file}: {got}, the index says {expected} bytes (truncated or corrupt)")
-            self.shards.append(np.memmap(file, dtype=dtype, mode="r") if expected else np.zeros(0, dtype))
-        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+            self.shards.append(file)
+        self.offsets = np.cumsum([0] + [s["tokens"] for s in index["shards"]])
+        cache = map_cache()
+        ensure_open_files(min(cache.limit, len(self.shards)), path)
 
     @property
     def sources(self) -> list[str]:
@@ -201,7 +301,7 @@ class TokenStore:
                 break
             lo, hi = pos - self.offsets[i], min(stop, self.offsets[i + 1]) - self.offsets[i]
             if hi > lo:
-                parts.append(self.shards[i][lo:hi])
+                parts.append(map_cache().get(self.shards[i], self.dtype)[lo:hi])
                 pos += hi - lo
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 

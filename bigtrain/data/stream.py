@@ -5,7 +5,8 @@ GIL) and packs them into `seq_len` sequences ahead of the trainer. Sequences are
 global position p is the p-th packed sequence, the same for every world size (each rank reads the
 stream and keeps the rows of its share). The position of a sequence is (document, offset): the document
 its first token comes from and that token's offset in the document's tokens (BOS/EOS included). The
-checkpoint records it, and a resumed run skips that many documents and continues at that token.
+checkpoint records it, and a resumed run skips that many documents and continues at that token. Its
+sampler (stream order) is `bigtrain.data.sampler.StreamSampler`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 import torch
 
 from bigtrain.data.prepare import encode
-from bigtrain.data.sampler import GlobalBatchSampler
 from bigtrain.data.sources import open_dataset
 from bigtrain.data.tokenizer import document_specials
 from bigtrain.errors import BigtrainError
@@ -133,20 +133,3 @@ class TokenStream:
             self._cond.notify_all()
             _, doc, offset = self._seqs[0]
         return {"document": doc, "offset": offset}
-
-
-class StreamSampler(GlobalBatchSampler):
-    """Stream order: global batch k is positions k*G .. k*G+G-1."""
-
-    def __init__(self, stream: TokenStream, global_batch: int) -> None:
-        self.stream, self.n, self.global_batch, self.seed, self.start = stream, UNBOUNDED, global_batch, 0, 0
-
-    def global_batch_indices(self, batch: int) -> np.ndarray:
-        return np.arange(batch * self.global_batch, (batch + 1) * self.global_batch, dtype=np.int64)
-
-    def position(self, sequences: int) -> dict:
-        at = self.stream.position(sequences)
-        return {"sequences": sequences, "sources": {"train": {"sequences": sequences, **at}}, "stream": at}
-
-    def new_epochs(self, batch: int) -> list[str]:
-        return []

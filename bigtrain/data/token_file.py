@@ -1,11 +1,12 @@
 """The first, single-file token format: one flat array of token ids (`tokens.bin`, documents separated
 by EOS) and `meta.json`, read through a memory map. Still read (`data.token_dir` of an older prepare);
-new data is written as a sharded store (bigtrain/data/store.py)."""
+new data is written as a sharded store (bigtrain/data/store.py); nothing writes this format any more
+(tests/test_data_store.py makes one by hand)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,31 +26,6 @@ class TokenFileMeta:
     eos_token_id: int
     tokenizer: str
     fingerprint: str
-
-
-def dtype_for(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-class TokenFileWriter:
-    def __init__(self, out_dir: Path, vocab_size: int, eos_token_id: int, tokenizer: str, fingerprint: str):
-        self.out_dir = out_dir
-        self.dtype = dtype_for(vocab_size)
-        self.meta = TokenFileMeta(self.dtype.name, 0, 0, vocab_size, eos_token_id, tokenizer, fingerprint)
-        self._f = open(out_dir / TOKENS, "wb")  # noqa: SIM115 - closed in close()
-
-    def add_documents(self, docs: list[list[int]]) -> None:
-        eos = self.meta.eos_token_id
-        docs = [ids for ids in docs if ids]  # an empty document adds nothing, not a lone EOS
-        flat = [t for ids in docs for t in (*ids, eos)]
-        self._f.write(np.asarray(flat, dtype=self.dtype).tobytes())
-        self.meta.num_tokens += len(flat)
-        self.meta.num_documents += len(docs)
-
-    def close(self) -> TokenFileMeta:
-        self._f.close()
-        (self.out_dir / META).write_text(json.dumps(asdict(self.meta), indent=2))
-        return self.meta
 
 
 class TokenFile:

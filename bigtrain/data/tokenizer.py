@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from bigtrain.errors import BigtrainError
+
+if TYPE_CHECKING:
+    from bigtrain.config import DataConfig
 
 
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
@@ -19,6 +23,20 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
         raise BigtrainError(f"data.tokenizer: cannot load {name_or_dir!r}: {str(e).splitlines()[0]}") from None
     document_specials(tok)  # refuses a tokenizer that cannot mark documents
     return tok
+
+
+def tokenizer_vocab_size(data: DataConfig) -> int:
+    """The number of tokens the trainer sizes the model for (`RunData.vocab_size`): `len()` of
+    `data.tokenizer`; a recipe reading only a token directory without that tokenizer at hand: the
+    vocabulary the directory records."""
+    try:
+        return len(load_tokenizer(data.tokenizer))
+    except BigtrainError:
+        if not data.token_dir:
+            raise
+    from bigtrain.data.store import open_tokens
+
+    return int(open_tokens(data.token_dir).meta.vocab_size)
 
 
 def document_specials(tok: PreTrainedTokenizerBase) -> tuple[int | None, int | None]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from bigtrain.ckpt.atomic import atomic_directory
 from bigtrain.ckpt.safetensors_writer import StreamingSafetensorsWriter
 from bigtrain.ckpt.source import TOKENIZER_FILES, CheckpointSource, open_checkpoint
 from bigtrain.errors import BigtrainError
-from bigtrain.growth.grow import grow
+from bigtrain.growth.grow import grow, grow_optimizer_state
 from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
 from bigtrain.growth.verify import TOLERANCE, logit_difference, verification_batch
 from bigtrain.model import BigTrainConfig
@@ -22,6 +23,9 @@ from bigtrain.model.param_shapes import expected_shapes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD_BYTES = 2 * 1024**3  # output shard size; the streaming writer buffers nothing
+OPTIMIZER_DIR = "optimizer"  # a carried optimizer state inside a grown checkpoint
+OPTIMIZER_STATE = "state.json"
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class VerificationError(BigtrainError):
@@ -67,6 +71,7 @@ def grow_checkpoint(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool | None = None,
     verify_ids: torch.Tensor | None = None,
+    optimizer: str = "fresh",
     **op_args: Any,
 ) -> GrowthRecord:
     """Grow `ckpt_in` into the HF directory `ckpt_out`; op_args as the CLI flags (layers, hidden, ffn,
@@ -74,7 +79,8 @@ def grow_checkpoint(
 
     With `verify`, the source and grown models run on `verify_ids` (default: a seeded random batch) and
     a preserving operator whose logits differ beyond tolerance raises `VerificationError`: nothing is
-    written then. `progress=None` shows a bar on a terminal only.
+    written then. `progress=None` shows a bar on a terminal only. `optimizer="carry"` (a training
+    checkpoint as input) also grows its Adam moments into `ckpt_out/optimizer/` (see `write_moments`).
     """
     ckpt_in, ckpt_out = Path(ckpt_in), Path(ckpt_out)
     src = open_checkpoint(ckpt_in)
@@ -82,6 +88,11 @@ def grow_checkpoint(
     if dtype is not None and dtype not in DTYPES:
         raise BigtrainError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     out_dtype = DTYPES[dtype] if dtype else src.dtype
+    if optimizer not in ("fresh", "carry"):
+        raise BigtrainError(f"--optimizer {optimizer}: one of fresh, carry")
+    if optimizer == "carry":
+        src.optimizer_state(MOMENTS[0])  # refuses an HF directory before anything is written
+        adam_step = src.zero3.adam_step()  # type: ignore[union-attr]
     grown = grow(src.config, src, op, **op_args)
     record = grown.record
     record.source = {"path": str(ckpt_in.resolve()), "kind": src.kind, "weights": str(src.weights_dir)}
@@ -94,12 +105,53 @@ def grow_checkpoint(
             for block in blocks:
                 writer.write(name, block.to(out_dtype))
         writer.close()
+        if optimizer == "carry":
+            write_moments(src, tmp / OPTIMIZER_DIR, op, op_args, adam_step, max_shard_bytes)
+            record.extra["optimizer"] = "carry"
         write_config(grown.config, tmp, out_dtype)
         record.extra["tokenizer_files"] = copy_tokenizer(src, tmp)
         if verify:
             record.verify = _verify(src, tmp, grown.config, record, verify_ids, out_dtype)
         (tmp / GROWTH_RECORD_NAME).write_text(record.to_json())
     return record
+
+
+class _Sqrt(Mapping[str, torch.Tensor]):
+    """exp_avg_sq grows as its square root (a copy scaled by c has its second moment scaled by c^2)."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.state[name].clamp_min(0).sqrt()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.state.rows(name, start, stop).clamp_min(0).sqrt()  # type: ignore[attr-defined]
+
+
+def write_moments(
+    src: CheckpointSource, out: Path, op: str | Sequence[str], op_args: dict[str, Any], step: int, shard_bytes: int
+) -> None:
+    """`out/<exp_avg|exp_avg_sq>/` (fp32 safetensors, keyed like the weights) and `out/state.json` (Adam's
+    step count): what the next stage's trainer loads as its optimizer state (bigtrain.train.handover)."""
+    for key in MOMENTS:
+        state = src.optimizer_state(key)
+        grown = grow_optimizer_state(src.config, _Sqrt(state) if key == "exp_avg_sq" else state, op, **op_args)
+        plan = [(name, shape, torch.float32) for name, shape in expected_shapes(grown.config).items()]
+        (out / key).mkdir(parents=True)
+        writer = StreamingSafetensorsWriter(out / key, plan, max_shard_bytes=shard_bytes)
+        for name, blocks in grown.blocks:
+            for block in blocks:
+                writer.write(name, block.float().square() if key == "exp_avg_sq" else block.float())
+        writer.close()
+        write_config(grown.config, out / key, torch.float32)  # each a checkpoint of the grown shape
+    (out / OPTIMIZER_STATE).write_text(json.dumps({"step": step, "keys": list(MOMENTS), "source": str(src.path)}))
 
 
 def _verify(

@@ -220,6 +220,24 @@ def grow(
     return Grown(plan.out, produce(cfg, tensors, source, plan, generator), record, len(expected_shapes(plan.out)))
 
 
+def grow_optimizer_state(
+    cfg: BigTrainConfig, state: Mapping[str, torch.Tensor], op: str | Sequence[str], **op_args: Any
+) -> Grown:
+    """An optimizer state (Adam's `exp_avg`, or the square root of `exp_avg_sq`) grown through the operator
+    that grew the weights, with the same seed: the same replica maps, split fractions and layer copies, so
+    a copied weight gets a copy of its state and a scaled one the state scaled alike (Adam's update is
+    invariant to that scale: every copy's first update is its source's). New parameters, random or zero,
+    start at zero state (the random init is scaled to zero) and Net2Net's noise is left out."""
+    _, width_op = parse_ops(op)
+    if width_op == "mixture":
+        raise BigtrainError("grow.optimizer: carry: mixture builds new weights from templates; use optimizer: fresh")
+    quiet = copy.deepcopy(cfg)
+    quiet.initializer_range = 0.0
+    if op_args.get("split") == "noise":
+        op_args = {**op_args, "noise_std": 0.0}
+    return grow(quiet, state, op, **op_args)
+
+
 def make_plan(
     cfg: BigTrainConfig,
     op: str | Sequence[str],

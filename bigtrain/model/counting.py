@@ -1,33 +1,37 @@
-"""Parameter and FLOP counts derived from the per-layer sizes (no model needs to be built)."""
+"""Parameter and FLOP counts, from the architecture's tensor list (`param_shapes`; no model is built)."""
 
 from __future__ import annotations
 
+import math
+
 from bigtrain.model.configuration import BigTrainConfig
+from bigtrain.model.param_shapes import layer_shapes, non_layer_shapes
+
+
+def _numel(shapes: dict[str, tuple[int, ...]], part: str = "") -> int:
+    return sum(math.prod(shape) for name, shape in shapes.items() if name.startswith(part))
 
 
 def attention_params(cfg: BigTrainConfig, layer: int) -> int:
-    q, kv = cfg.layer_num_attention_heads[layer], cfg.layer_num_key_value_heads[layer]
-    return cfg.hidden_size * cfg.head_dim * (2 * q + 2 * kv)
+    return _numel(layer_shapes(cfg, layer), "self_attn.")
 
 
 def ffn_params(cfg: BigTrainConfig, layer: int) -> int:
-    return 3 * cfg.hidden_size * cfg.layer_intermediate_sizes[layer]
+    return _numel(layer_shapes(cfg, layer), "mlp.")
 
 
 def layer_params(cfg: BigTrainConfig, layer: int) -> int:
     """Weights of one block, norms included (an attention-only layer has one norm)."""
-    norms = cfg.hidden_size * (2 if cfg.layer_intermediate_sizes[layer] else 1)
-    return attention_params(cfg, layer) + ffn_params(cfg, layer) + norms
+    return _numel(layer_shapes(cfg, layer))
 
 
 def embedding_params(cfg: BigTrainConfig) -> int:
     """Input embedding, final norm and (untied) LM head."""
-    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
-    return cfg.vocab_size * cfg.hidden_size + cfg.hidden_size + head
+    return _numel(non_layer_shapes(cfg))
 
 
 def total_params(cfg: BigTrainConfig) -> int:
-    return embedding_params(cfg) + sum(layer_params(cfg, i) for i in range(cfg.num_hidden_layers))
+    return embedding_params(cfg) + non_embedding_params(cfg)
 
 
 def non_embedding_params(cfg: BigTrainConfig) -> int:

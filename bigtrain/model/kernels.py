@@ -65,18 +65,24 @@ def liger_kernels() -> Kernels:
     return Kernels("liger", liger_rms, liger_rope, liger_swiglu)
 
 
-def resolve_kernels(choice: str) -> str:
-    """auto: liger on CUDA when installed, else torch. liger without CUDA or the package is an error."""
+def resolve_liger(key: str, choice: str, choices: tuple[str, ...], liger: str, fallback: str) -> str:
+    """The one rule for a setting with a liger option (`train.kernels`, `train.loss`): `auto` is `liger`
+    on CUDA with liger-kernel installed, else `fallback`; `liger` asked for without CUDA or the package is
+    an error naming `key`, as is anything outside `choices`."""
     if choice == "auto":
-        return "liger" if torch.cuda.is_available() and liger_installed() else "torch"
-    if choice == "liger":
-        if not torch.cuda.is_available():
-            raise BigtrainError("train.kernels: liger needs a CUDA device (use torch or auto)")
-        if not liger_installed():
-            raise BigtrainError("train.kernels: liger-kernel is not installed (pip install 'bigtrain[gpu]')")
-    elif choice != "torch":
-        raise BigtrainError(f"train.kernels: unknown {choice!r} (auto, liger, torch)")
+        return liger if torch.cuda.is_available() and liger_installed() else fallback
+    if choice not in choices:
+        raise BigtrainError(f"{key}: unknown {choice!r} (auto, {', '.join(choices)})")
+    if choice == liger and not torch.cuda.is_available():
+        raise BigtrainError(f"{key}: {liger} needs a CUDA device (use {fallback} or auto)")
+    if choice == liger and not liger_installed():
+        raise BigtrainError(f"{key}: {liger} needs liger-kernel (pip install 'bigtrain[gpu]')")
     return choice
+
+
+def resolve_kernels(choice: str) -> str:
+    """auto: liger on CUDA when installed, else torch."""
+    return resolve_liger("train.kernels", choice, ("liger", "torch"), liger="liger", fallback="torch")
 
 
 def get_kernels(name: str) -> Kernels:

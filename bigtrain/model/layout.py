@@ -18,8 +18,8 @@ hidden_size and head_dim never change across layers; a scheme only sets each lay
 - `match_params: true` (scaling schemes) multiplies the knots by one common factor, found by bisection,
   so the non-embedding parameter count is the closest attainable to the reference.
 
-Every bad layout raises ValueError with a one-line message; `bigtrain.config.check_model` turns it
-into a RecipeError naming the recipe file, so it fails at load, before any process group starts.
+Every bad layout raises ValueError with a one-line message; the recipe loader turns it into an error
+naming the recipe file, so it fails at load, before any process group starts.
 Parameter counts come from `bigtrain.model.counting`.
 """
 
@@ -28,15 +28,44 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.counting import non_embedding_params
 
-if TYPE_CHECKING:
-    from bigtrain.config import ModelSpec
+
+class LayoutOptions(Protocol):
+    """How the per-layer sizes derive from the reference (the recipe's `model.layout`, as plain values)."""
+
+    scheme: str
+    ratio: float | None
+    position: str
+    ffn_rounding: str
+    ffn_mult: list[float] | None
+    attn_mult: list[float] | None
+    frame: bool
+    frame_ffn_mult: float | None
+    frame_attn_mult: float | None
+    match_params: bool
+    match_scale: str
+    ffn_multiple: int
+
+
+class Architecture(Protocol):
+    """The isotropic reference architecture and its layout: what this module reads (the recipe's `model:`
+    section is one; the model layer does not depend on the recipe schema)."""
+
+    num_layers: int
+    hidden_size: int
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int | None
+    intermediate_size: int
+    vocab_size: int | None
+    tie_embeddings: bool
+    layout: LayoutOptions
 
 SCALING_SCHEMES = ("lws", "framed", "reverse", "crown")
 # OpenELM's multipliers (beta 0.5 -> 4.0, alpha 0.5 -> 1.0); reverse runs them backwards, crown peaks mid-depth.
@@ -63,13 +92,13 @@ class LayerPlan:
     scale: float | None = None  # match_params: the common factor applied to the knots
 
 
-def derive_layers(spec: ModelSpec) -> tuple[list[int], list[int], list[int]]:
+def derive_layers(spec: Architecture) -> tuple[list[int], list[int], list[int]]:
     """(FFN sizes, query heads, kv heads), one entry per layer."""
     plan = plan_layers(spec)
     return plan.ffn, plan.q_heads, plan.kv_heads
 
 
-def plan_layers(spec: ModelSpec) -> LayerPlan:
+def plan_layers(spec: Architecture) -> LayerPlan:
     check_layout_options(spec)
     scheme = spec.layout.scheme
     if scheme in SCALING_SCHEMES:
@@ -95,21 +124,21 @@ def make_divisible(value: float, divisor: int) -> int:
     return max(rounded, 0)
 
 
-def kv_heads_of(spec: ModelSpec) -> int:
+def kv_heads_of(spec: Architecture) -> int:
     return spec.num_kv_heads or spec.num_heads
 
 
-def queries_per_kv(spec: ModelSpec) -> int:
+def queries_per_kv(spec: Architecture) -> int:
     return spec.num_heads // kv_heads_of(spec)
 
 
-def frame_layers(spec: ModelSpec) -> tuple[int, ...]:
+def frame_layers(spec: Architecture) -> tuple[int, ...]:
     if not (spec.layout.frame or spec.layout.scheme == "framed"):
         return ()
     return tuple(sorted({0, spec.num_layers - 1}))
 
 
-def frame_size(spec: ModelSpec) -> tuple[int, int, int]:
+def frame_size(spec: Architecture) -> tuple[int, int, int]:
     """(FFN width, query heads, kv heads) of a pinned layer: the reference unless frame_*_mult say otherwise."""
     lay = spec.layout
     ffn = spec.intermediate_size
@@ -122,18 +151,18 @@ def frame_size(spec: ModelSpec) -> tuple[int, int, int]:
     return ffn, q, kv
 
 
-def query_heads(spec: ModelSpec, alpha: float) -> int:
+def query_heads(spec: Architecture, alpha: float) -> int:
     """Query width alpha * d made divisible by head_dim x queries-per-kv, in heads."""
     divisor = spec.head_dim * queries_per_kv(spec)
     return make_divisible(alpha * spec.hidden_size, divisor) // spec.head_dim
 
 
-def reference_plan(spec: ModelSpec) -> LayerPlan:
+def reference_plan(spec: Architecture) -> LayerPlan:
     n = spec.num_layers
     return LayerPlan([spec.intermediate_size] * n, [spec.num_heads] * n, [kv_heads_of(spec)] * n)
 
 
-def pin_frame(spec: ModelSpec, plan: LayerPlan) -> LayerPlan:
+def pin_frame(spec: Architecture, plan: LayerPlan) -> LayerPlan:
     pinned = frame_layers(spec)
     if not pinned:
         return plan
@@ -143,7 +172,7 @@ def pin_frame(spec: ModelSpec, plan: LayerPlan) -> LayerPlan:
     return LayerPlan(ffn, q, kv, plan.ffn_mult, plan.attn_mult, pinned, plan.scale)
 
 
-def layers_params(spec: ModelSpec, ffn: list[int], q: list[int], kv: list[int]) -> int:
+def layers_params(spec: Architecture, ffn: list[int], q: list[int], kv: list[int]) -> int:
     """Non-embedding parameters of these per-layer sizes (counted by bigtrain.model.counting)."""
     cfg = BigTrainConfig(
         vocab_size=spec.vocab_size or 32000,
@@ -161,7 +190,7 @@ def layers_params(spec: ModelSpec, ffn: list[int], q: list[int], kv: list[int]) 
     return non_embedding_params(cfg)
 
 
-def reference_params(spec: ModelSpec) -> int:
+def reference_params(spec: Architecture) -> int:
     ref = reference_plan(spec)
     return layers_params(spec, ref.ffn, ref.q_heads, ref.kv_heads)
 
@@ -169,7 +198,7 @@ def reference_params(spec: ModelSpec) -> int:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def check_layout_options(spec: ModelSpec) -> None:
+def check_layout_options(spec: Architecture) -> None:
     """Options that contradict the scheme or the reference, as one-line ValueErrors."""
     lay, scheme = spec.layout, spec.layout.scheme
     kv = kv_heads_of(spec)
@@ -223,7 +252,7 @@ def check_direction(scheme: str, name: str, mults: Sequence[float]) -> None:
         raise ValueError(f"layout.{name} {list(mults)}: the crown's middle value must be its peak")
 
 
-def check_heads(spec: ModelSpec, plan: LayerPlan) -> None:
+def check_heads(spec: Architecture, plan: LayerPlan) -> None:
     d = spec.hidden_size
     for i, (q, kv) in enumerate(zip(plan.q_heads, plan.kv_heads)):
         if q < 1 or kv < 1:
@@ -253,7 +282,7 @@ def kept_layers(num_layers: int, ratio: float, position: str) -> list[int]:
     return list(range(start, start + n_e))
 
 
-def concentrate_plan(spec: ModelSpec) -> LayerPlan:
+def concentrate_plan(spec: Architecture) -> LayerPlan:
     lay, n = spec.layout, spec.num_layers
     assert lay.ratio is not None  # check_layout_options
     ref = reference_plan(spec)
@@ -272,7 +301,7 @@ def concentrate_plan(spec: ModelSpec) -> LayerPlan:
     return LayerPlan(ffn, base.q_heads, base.kv_heads, pinned=pinned)
 
 
-def concentrate_ffn(spec: ModelSpec, base: LayerPlan, free: list[int]) -> list[int]:
+def concentrate_ffn(spec: Architecture, base: LayerPlan, free: list[int]) -> list[int]:
     """FFN widths of the kept (non-pinned) layers, multiples of `ffn_multiple` (m), matching the reference.
 
     `common` (the paper's rule, d_f' = d_f * L / n_e rounded): one width k * m for every kept layer, k chosen
@@ -339,7 +368,7 @@ def interpolate(knots: Sequence[float], num_layers: int, scheme: str) -> list[fl
 
 
 def scaled_layers(
-    spec: ModelSpec, betas: list[float], alphas: list[float], ffn_scale: float, attn_scale: float
+    spec: Architecture, betas: list[float], alphas: list[float], ffn_scale: float, attn_scale: float
 ) -> LayerPlan:
     """Sizes for raw multipliers times the scales: round to 2 decimals, then make divisible (OpenELM)."""
     beta = [round(b * ffn_scale, 2) for b in betas]
@@ -350,7 +379,7 @@ def scaled_layers(
     return pin_frame(spec, LayerPlan(ffn, q, kv, beta, alpha))
 
 
-def scaling_plan(spec: ModelSpec) -> LayerPlan:
+def scaling_plan(spec: Architecture) -> LayerPlan:
     lay, n, scheme = spec.layout, spec.num_layers, spec.layout.scheme
     default_ffn, default_attn = DEFAULT_MULTS[scheme]
     betas = interpolate(lay.ffn_mult or default_ffn, n, scheme)
@@ -362,13 +391,13 @@ def scaling_plan(spec: ModelSpec) -> LayerPlan:
     return LayerPlan(plan.ffn, plan.q_heads, plan.kv_heads, plan.ffn_mult, plan.attn_mult, plan.pinned, scale)
 
 
-def scales_for(spec: ModelSpec, s: float) -> tuple[float, float]:
+def scales_for(spec: Architecture, s: float) -> tuple[float, float]:
     """(FFN scale, attention scale) for a common factor s, by `layout.match_scale`."""
     which = spec.layout.match_scale
     return (s if which in ("both", "ffn") else 1.0, s if which in ("both", "attn") else 1.0)
 
 
-def match_scale(spec: ModelSpec, betas: list[float], alphas: list[float], steps: int = 60) -> float:
+def match_scale(spec: Architecture, betas: list[float], alphas: list[float], steps: int = 60) -> float:
     """The common factor s on the multipliers that brings the non-embedding count closest to the reference.
 
     The count is a non-decreasing step function of s (rounding), so: double an upper bound until it

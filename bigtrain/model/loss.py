@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bigtrain.errors import BigtrainError
-from bigtrain.model.kernels import liger_installed
+from bigtrain.model.kernels import resolve_liger
 
 IGNORE_INDEX = -100
 LOSSES = ("plain", "chunked", "fused")
@@ -112,13 +112,4 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
 def resolve_loss(choice: str) -> str:
     """auto: liger's fused kernel on CUDA when installed, else chunked."""
-    if choice == "auto":
-        return "fused" if torch.cuda.is_available() and liger_installed() else "chunked"
-    if choice == "fused":
-        if not torch.cuda.is_available():
-            raise BigtrainError("train.loss: fused needs a CUDA device (use chunked or auto)")
-        if not liger_installed():
-            raise BigtrainError("train.loss: fused needs liger-kernel (pip install 'bigtrain[gpu]')")
-    elif choice not in LOSSES:
-        raise BigtrainError(f"train.loss: unknown {choice!r} (auto, {', '.join(LOSSES)})")
-    return choice
+    return resolve_liger("train.loss", choice, LOSSES, liger="fused", fallback="chunked")

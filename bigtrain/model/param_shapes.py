@@ -6,12 +6,20 @@ from bigtrain.model.configuration import BigTrainConfig
 
 
 def expected_shapes(cfg: BigTrainConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter of the architecture with its shape, in model order (LLaMA names)."""
-    d, _hd = cfg.hidden_size, cfg.head_dim
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, d)}
+    """Every parameter of the architecture with its shape, in model order (LLaMA names). The one list of
+    the model's tensors: loading, growth, counting (`counting.py`) and the planner derive from it."""
+    outer = non_layer_shapes(cfg)
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": outer.pop("model.embed_tokens.weight")}
     for i in range(cfg.num_hidden_layers):
         out.update(layer_shapes(cfg, i, prefix=f"model.layers.{i}."))
-    out["model.norm.weight"] = (d,)
+    out.update(outer)
+    return out
+
+
+def non_layer_shapes(cfg: BigTrainConfig) -> dict[str, tuple[int, ...]]:
+    """The input embedding, the final norm and an untied LM head."""
+    d = cfg.hidden_size
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
     if not cfg.tie_word_embeddings:
         out["lm_head.weight"] = (cfg.vocab_size, d)
     return out

@@ -18,18 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bigtrain.config import ModelSpec, StepConfig
+from bigtrain.config import StepConfig
 from bigtrain.model.configuration import BigTrainConfig
-from bigtrain.model.counting import non_embedding_params, total_params, train_flops_per_token
-
-
-def lr_by_size(first_lr: float, first: ModelSpec, this: ModelSpec, exponent: float = 0.5) -> float:
-    """Max LR by size (the default rule, an option per stage: `lr: by-size`, `lr_size_exponent`):
-    lr_1 * (P_1 / P)^exponent with P the non-embedding parameters; 0.5 makes lr proportional to
-    1/sqrt(params), anchored at the first member. It decreases with size, as the paper asks."""
-    p1 = non_embedding_params(first.build_config())
-    p = non_embedding_params(this.build_config())
-    return first_lr * (p1 / p) ** exponent
+from bigtrain.model.counting import total_params, train_flops_per_token
+from bigtrain.pipeline.memory import model_tensors
 
 
 def step_flops_per_token(cfg: BigTrainConfig, seq_len: int, inherited: set[int], step: StepConfig | None) -> float:
@@ -37,8 +29,6 @@ def step_flops_per_token(cfg: BigTrainConfig, seq_len: int, inherited: set[int],
     full = train_flops_per_token(cfg, seq_len)
     if step is None or not inherited:
         return full
-    from bigtrain.pipeline.planner import model_tensors
-
     tensors = model_tensors(cfg, inherited, step)
     # the input embedding is a lookup, not a matmul: freezing it saves no FLOPs
     matmul = [t for t in tensors if t.name.endswith("proj.weight") or t.name == "lm_head.weight"]

@@ -1,7 +1,9 @@
 """Run the stages of a recipe on this machine: prepare (grow, write `stage.yaml`), launch, resume.
 
 A stage is finished when `<output_dir>/<stage>/hf/config.json` exists (the trainer exports atomically at
-the end). Preparing is idempotent: a grown `init/` already there is reused (growth writes atomically), and
+the end) and its `run.json` trained as many steps (or tokens) as the recipe now asks; a stage given more is
+launched again and the trainer extends it from its last checkpoint (`stages.stage_finished`). Preparing
+is idempotent: a grown `init/` already there is reused (growth writes atomically), and
 the trainer resumes a stage from its newest checkpoint. So rerunning `bigtrain-run` after an interruption
 continues at the stage and step where it stopped.
 """
@@ -48,7 +50,9 @@ def prepare_stage(stage: Stage, stages: list[Stage]) -> Path:
                 raise BigtrainError(f"stage {stage.name!r}: nothing to grow from at {source}")
             from bigtrain.growth import grow_checkpoint
 
-            grow_checkpoint(source, init, op=stage.grow.op, progress=False, **stage.grow.grow_args())
+            grow_checkpoint(
+                source, init, op=stage.grow.op, optimizer=stage.grow.optimizer, progress=False, **stage.grow.grow_args()
+            )
         else:
             check_grown(stage, init)
     recipe = stage.recipe
@@ -86,6 +90,7 @@ def check_grown(stage: Stage, init: Path) -> None:
     record = read_growth_record(init)
     wanted = {"op": stage.grow.op, **stage.grow.grow_args()}
     done = {"op": record.op, **record.args}
+    wanted["optimizer"], done["optimizer"] = stage.grow.optimizer, record.extra.get("optimizer", "fresh")
     changed = [k for k, v in wanted.items() if k in done and done[k] != v]
     if changed:
         k = changed[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 from bigtrain.ckpt.atomic import write_text_atomic
 from bigtrain.config import load_recipe
 from bigtrain.errors import BigtrainError
-from bigtrain.pipeline.stages import Stage, resolve_stages
+from bigtrain.pipeline.stages import Stage, resolve_stages, stage_finished
 
 COMMENT_PREFIX = "bigtrain:"
 
@@ -252,7 +252,7 @@ def plan_jobs(
         comment = f"{COMMENT_PREFIX}{stage_out}"
         position = f"{stage.index + 1} of {len(stages)}"
         script = render_stage_script(path, overrides, stage, staged, res, launch, job_name, comment, log_dir, position)
-        finished = (stage_out / "hf" / "config.json").is_file()
+        finished = stage_finished(stage_out, stage.recipe.train)
         jobs.append(StageJob(stage.name, job_name, comment, finished, script, log_dir / f"{job_name}.sbatch"))
     return jobs
 

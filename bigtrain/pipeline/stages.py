@@ -1,12 +1,15 @@
 """Stage resolution: a staged recipe becomes an ordered list of flat, runnable stages.
 
 Each stage is an ordinary single-stage `Recipe` (what `bigtrain/train.py` runs) plus where its weights
-come from: the previous stage's export, grown by `grow:` into `<output_dir>/<stage>/init` when the stage
-has one. Validation happened at load (`bigtrain.config.check_stages`); this only assembles.
+come from: the previous stage's last training checkpoint (or its export: `grow.source`), grown by `grow:`
+into `<output_dir>/<stage>/init` when the stage has one. `train.schedule_scope: pipeline` cuts one LR
+schedule into the stages' slices here (`pipeline_schedule`). Validation happened at load (`bigtrain.config.check_stages`); this only assembles.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ from bigtrain.config import (
     GrowSpec,
     Recipe,
     RecipeError,
+    TrainConfig,
     check_stages,
     deep_merge,
     parse_overrides,
+    stage_section,
     validate_recipe,
 )
-from bigtrain.pipeline.family import lr_by_size
+from bigtrain.pipeline.lr_scaling import lr_by_size
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Stage:
     name: str
     recipe: Recipe  # flat: output_dir is the stage's directory, init_from where its weights come from
     grow: GrowSpec | None
-    grow_from: str | None  # the checkpoint `grow` reads (previous export, or the recipe's init_from)
+    grow_from: str | None  # what `grow` reads (the previous stage's run dir or export, or the recipe's init_from)
     inherited_layers: int  # layers of the previous stage (0 for the first)
     root: Path | None = None  # a staged recipe's output_dir, above the stage directories (None: a flat recipe)
 
@@ -43,7 +48,26 @@ class Stage:
 
     @property
     def finished(self) -> bool:
-        return (self.export_dir / "config.json").is_file()
+        return stage_finished(self.output_dir, self.recipe.train)
+
+
+def stage_finished(out: Path, train: TrainConfig) -> bool:
+    """A stage is finished when it is exported and its run.json says it trained as long as the recipe now
+    asks. A recipe given more steps (or tokens) since is not finished: the trainer extends the run from its
+    last checkpoint, as `bigtrain-train` does on the same recipe. Tokens rather than steps for `train.tokens`,
+    so the answer does not depend on the world size the stage will run on."""
+    if not (out / "hf" / "config.json").is_file():
+        return False
+    try:
+        info = json.loads((out / "run.json").read_text())
+        if info.get("status") != "finished":
+            return False
+        if train.max_steps is not None:
+            return int(info["step"]) >= train.max_steps
+        return train.tokens is not None and float(info["tokens"]) >= train.tokens
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # no readable record next to the export: let the trainer look (it does nothing if nothing is left)
+        return False
 
 
 def stage_dir(root: str | Path, name: str) -> Path:
@@ -63,12 +87,14 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     root = recipe.output_dir
     first_lr: float | None = None
     stages: list[Stage] = []
+    flats: list[tuple[str, dict[str, Any]]] = []
+    grow_sources: list[str | None] = []
     for i, (spec, model) in enumerate(zip(recipe.stages, models, strict=True)):
         where = f"{source}: stage {spec.name!r}"
         # command-line train.* overrides win over the stage's own values; a command-line train.lr is the
         # anchor that `lr: by-size` scales and replaces a stage's fixed `lr:`
         forced_train = per_stage.get("train", {})
-        train = deep_merge(deep_merge(recipe.train.model_dump(mode="json"), spec.train), forced_train)
+        train = stage_section(recipe, spec, "train", forced_train)
         if spec.lr == "by-size":
             if first_lr is None:
                 raise RecipeError(f"{where}: lr: by-size scales the first stage's lr, the first stage cannot use it")
@@ -81,11 +107,12 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
         prev_export = str(stage_dir(root, recipe.stages[i - 1].name) / "hf") if i else None
         origin = prev_export if i else (spec.init_from or recipe.init_from)
         init_from = str(out / "init") if spec.grow is not None else origin
+        grow_sources.append(grow_source(recipe, i, origin))
         flat: dict[str, Any] = {
             "output_dir": str(out),
             "init_from": init_from,
             "model": model.model_dump(mode="json"),
-            "data": deep_merge(recipe.data.model_dump(mode="json"), spec.data),
+            "data": stage_section(recipe, spec, "data"),
             "train": train,
             "step": spec.step.model_dump(mode="json") if spec.step else None,
         }
@@ -95,15 +122,70 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
         if i + 1 < len(recipe.stages) and flat["train"].get("export") is False:
             nxt = recipe.stages[i + 1].name
             raise RecipeError(f"{where}: train.export is false but stage {nxt!r} starts from its export")
+        if spec.grow is not None and spec.grow.rewarm_steps is not None:
+            flat["train"]["rewarm_steps"] = spec.grow.rewarm_steps
+        flats.append((where, flat))
+    if recipe.train.schedule_scope == "pipeline":
+        pipeline_schedule([flat for _, flat in flats], [where for where, _ in flats])
+    for i, (spec, (where, flat)) in enumerate(zip(recipe.stages, flats, strict=True)):
         stages.append(
             Stage(
                 index=i,
                 name=spec.name,
                 recipe=validate_recipe(flat, where),
                 grow=spec.grow,
-                grow_from=origin if spec.grow is not None else None,
+                grow_from=grow_sources[i],
                 inherited_layers=models[i - 1].num_layers if i else 0,
                 root=Path(root),
             )
         )
     return stages
+
+
+def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
+    """What stage i's `grow:` reads: the previous stage's run directory (its last training checkpoint: fp32
+    masters and Adam moments) or its export. A STEP stage hands over its export, where LoRA is folded in."""
+    spec = recipe.stages[i]  # type: ignore[index]
+    if spec.grow is None:
+        return None
+    if i == 0 or spec.grow.source == "export":
+        return origin
+    prev = recipe.stages[i - 1]  # type: ignore[index]
+    where = f"stage {spec.name!r}: grow.source: checkpoint"
+    if prev.step is not None:
+        if spec.grow.optimizer == "carry":
+            raise RecipeError(f"{where}: stage {prev.name!r} is a STEP stage; its LoRA state cannot be carried "
+                              "(grow.optimizer: fresh, or grow.source: export)")
+        return origin
+    if prev.train.get("save_final", recipe.train.model_dump().get("save_final", True)) is False:
+        raise RecipeError(f"{where}: stage {prev.name!r} has train.save_final: false (no last checkpoint)")
+    return str(stage_dir(recipe.output_dir, prev.name))
+
+
+def fixed_steps(train: dict[str, Any], seq_len: int, where: str) -> int:
+    """A stage's length in steps, whatever the number of ranks (pipeline scope needs it before any launch)."""
+    if train.get("max_steps") is not None:
+        return int(train["max_steps"])
+    if train.get("tokens") is not None and train.get("global_batch_size"):
+        return max(1, math.ceil(float(train["tokens"]) / (int(train["global_batch_size"]) * seq_len)))
+    raise RecipeError(
+        f"{where}: train.schedule_scope: pipeline needs every stage's length fixed before launch: give "
+        "train.max_steps, or train.tokens with train.global_batch_size"
+    )
+
+
+def pipeline_schedule(flats: list[dict[str, Any]], wheres: list[str]) -> None:
+    """One warm-up and one decay over the whole pipeline: stage i runs steps [start_i, start_i + n_i) of a
+    schedule sum(n) long; the first stage's warm-up; a WSD decay inside the last stage only."""
+    steps = [fixed_steps(f["train"], int(f["data"]["seq_len"]), w) for f, w in zip(flats, wheres, strict=True)]
+    total, first, last = sum(steps), flats[0]["train"], flats[-1]["train"]
+    decay = last.get("decay_steps") or max(1, round(float(last.get("decay_fraction", 0.2)) * total))
+    start = 0
+    for flat, n in zip(flats, steps, strict=True):
+        flat["train"].update(
+            schedule_start=start,
+            schedule_steps=total,
+            warmup_steps=first.get("warmup_steps", 10),
+            decay_steps=min(decay, steps[-1]),
+        )
+        start += n

@@ -47,6 +47,9 @@ def loss_plot(runs: list[Run], axis: str, label: str, log_x: bool, path: Path) -
             ax.plot(x, y, color=colour, marker="o", markersize=3.5, linewidth=1.8, label=f"{run.name} (held-out)")
         else:
             ax.plot([], [], color=colour, label=f"{run.name} (no eval points)")
+        x, y = _xy(run.grown_eval, axis)
+        if x:
+            ax.plot(x, y, color=colour, marker="*", markersize=11, linestyle="none", label="as grown (before step 1)")
         _growth_lines(ax, run, axis, colour)
     if log_x and any(getattr(p, axis) > 0 for r in runs for p in r.train):
         ax.set_xscale("log")

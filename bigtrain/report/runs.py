@@ -68,6 +68,7 @@ class Run:
     train: list[Point] = field(default_factory=list)  # training loss
     eval: list[Point] = field(default_factory=list)  # held-out loss
     lr: list[Point] = field(default_factory=list)
+    grown_eval: list[Point] = field(default_factory=list)  # held-out loss of the grown model before its first update
 
     @property
     def staged(self) -> bool:
@@ -183,6 +184,8 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
                 run.lr.append(Point(**at, value=float(m["lr"])))
             if "eval_loss" in m:
                 run.eval.append(Point(**at, value=float(m["eval_loss"])))
+                if m.get("growth_eval"):
+                    run.grown_eval.append(run.eval[-1])
             prev_tokens = t
         tokens += part.tokens
         flops += part.tokens * part.flops_per_token

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bigtrain.report.runs import Run, model_state_bytes
-from bigtrain.report.target import cost_to_reach, saving, value_at
+from bigtrain.report.target import cost_to_reach, frontier_cost, saving, value_at
 
 SEED_SUFFIX = re.compile(r"-seed\d+$")
 DOWNSTREAM_FILE = Path("eval") / "downstream.json"
@@ -91,6 +91,43 @@ def against_baseline(run: Run, baseline: Run) -> dict[str, Any]:
     }
 
 
+def frontier_points(runs: list[Run]) -> list[dict[str, Any]]:
+    """The baseline frontier: one point per budget (runs differing only by `-seed<N>` are one budget), at the
+    seeds' mean final FLOPs and mean final held-out loss."""
+    budgets: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.final_eval_loss is not None:
+            budgets.setdefault(SEED_SUFFIX.sub("", r.name), []).append(r)
+    return sorted(
+        (
+            {
+                "budget": name,
+                "seeds": len(members),
+                "flops": statistics.fmean(r.flops for r in members),
+                "loss": statistics.fmean(r.final_eval_loss for r in members),  # type: ignore[misc]
+            }
+            for name, members in budgets.items()
+        ),
+        key=lambda p: p["flops"],
+    )
+
+
+def against_frontier(run: Run, frontier: list[dict[str, Any]]) -> dict[str, Any]:
+    """The FLOPs the frontier needs for the run's final loss against the run's FLOPs (never a baseline's
+    mid-schedule point: every frontier point is a complete schedule)."""
+    loss = run.final_eval_loss
+    if loss is None:
+        return {"frontier_flops": None, "frontier_saving_pct": None, "note": f"{run.name} has no eval points"}
+    needed = frontier_cost([(p["flops"], p["loss"]) for p in frontier], loss)
+    return {
+        "final_loss": loss,
+        "flops": run.flops,
+        "frontier_flops": needed,
+        "frontier_saving_pct": saving(run.flops, needed),
+        "note": None if needed is not None else "the run's final loss lies outside the frontier",
+    }
+
+
 def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Seeds of one arm (`NAME-seed<N>`) summarised: mean, min and max of the final loss and savings."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -106,6 +143,7 @@ def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("flops_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("flops_saving_pct")),
             ("token_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("token_saving_pct")),
             ("loss_gain_at_equal_flops", lambda m: (m.get("vs_baseline") or {}).get("loss_gain_at_equal_flops")),
+            ("frontier_saving_pct", lambda m: (m.get("vs_frontier") or {}).get("frontier_saving_pct")),
         ):
             values = [v for m in members if (v := get(m)) is not None]
             row[key] = (
@@ -117,15 +155,19 @@ def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def build_report(runs: list[Run], baseline: Run | None) -> dict[str, Any]:
+def build_report(runs: list[Run], baseline: Run | None, frontier_runs: list[Run] | None = None) -> dict[str, Any]:
+    frontier = frontier_points(frontier_runs) if frontier_runs else []
     entries = []
     for run in runs:
         entry = run_entry(run)
         if baseline is not None:
             entry["vs_baseline"] = against_baseline(run, baseline)
+        if frontier:
+            entry["vs_frontier"] = against_frontier(run, frontier)
         entries.append(entry)
     return {
         "baseline": baseline.name if baseline is not None else None,
+        "frontier": frontier,
         "runs": entries,
         "arms": arm_groups(entries),
     }
@@ -190,6 +232,24 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
                 f"{_num(v['token_saving_pct'], '+.1f')} | {_num(v['flops_saving_pct'], '+.1f')} | "
                 f"{_num(v['baseline_loss_at_equal_flops'])} | {_num(v['loss_gain_at_equal_flops'], '+.4f')} |"
             )
+    if report.get("frontier"):
+        points = ", ".join(f"{p['budget']} ({p['flops']:.4g} FLOPs, {p['loss']:.4f})" for p in report["frontier"])
+        lines += [
+            "",
+            f"Against the baseline frontier ({points}; each a complete schedule, seeds averaged): the FLOPs the "
+            "frontier needs for the run's final loss (interpolated in log FLOPs) and the saving against the "
+            "run's own FLOPs:",
+            "",
+            "| run | final loss | FLOPs | frontier FLOPs for that loss | saving % |",
+            "|---|---|---|---|---|",
+        ]
+        for e in report["runs"]:
+            v = e["vs_frontier"]
+            needed = _num(v["frontier_flops"], ".4g") if v["frontier_flops"] is not None else v["note"]
+            lines.append(
+                f"| {e['name']} | {_num(v.get('final_loss'))} | {e['flops']:.4g} | {needed} | "
+                f"{_num(v['frontier_saving_pct'], '+.1f')} |"
+            )
     staged = [e for e in report["runs"] if len(e["stages"]) > 1]
     if staged:
         lines += [
@@ -212,14 +272,15 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "",
             "Arms over seeds (mean [min, max]):",
             "",
-            "| arm | seeds | final held-out loss | FLOPs saving % | token saving % | gain at equal FLOPs (nats) |",
-            "|---|---|---|---|---|---|",
+            "| arm | seeds | final held-out loss | FLOPs saving % | token saving % | gain at equal FLOPs (nats) "
+            "| saving vs frontier % |",
+            "|---|---|---|---|---|---|---|",
         ]
         for a in report["arms"]:
             lines.append(
                 f"| {a['arm']} | {a['seeds']} | {_spread(a['final_eval_loss'], '.4f')} | "
                 f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} | "
-                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} |"
+                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} | {_spread(a.get('frontier_saving_pct'), '+.1f')} |"
             )
     tasks = sorted({t for e in report["runs"] for t in e["downstream"]})
     if tasks:

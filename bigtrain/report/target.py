@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 
@@ -37,3 +39,18 @@ def saving(run_cost: float | None, baseline_cost: float | None) -> float | None:
     if run_cost is None or not baseline_cost:
         return None
     return 100.0 * (1.0 - run_cost / baseline_cost)
+
+
+def frontier_cost(points: Sequence[tuple[float, float]], target: float) -> float | None:
+    """The cost a compute frontier needs to reach `target`: `points` are (cost, final loss) of baselines that
+    each ran a complete schedule at its own budget; interpolated linearly in log cost between the two
+    budgets whose losses bracket `target`. None outside the frontier (above its cheapest loss, or below
+    its most expensive one): a saving read there would be an extrapolation."""
+    pts = sorted(points)
+    for (c0, l0), (c1, l1) in itertools.pairwise(pts):
+        if min(l0, l1) <= target <= max(l0, l1) and c0 > 0 and c1 > 0:
+            if l0 == l1:
+                return float(c0)
+            frac = (l0 - target) / (l0 - l1)
+            return float(math.exp(math.log(c0) + frac * (math.log(c1) - math.log(c0))))
+    return float(pts[0][0]) if len(pts) == 1 and pts[0][1] == target else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from dataclasses import dataclass
@@ -47,7 +48,12 @@ def quiet_libraries() -> None:
     ds_logger.setLevel(logging.WARNING)
 
 
-def init_distributed() -> World:
+DEFAULT_TIMEOUT_MINUTES = 30.0  # train.dist_timeout_minutes' default (bigtrain/config/train.py)
+
+
+def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
+    """Join (or start) the process group; `timeout_minutes`: how long a collective may wait before the
+    process group gives up (train.dist_timeout_minutes)."""
     fill_env_from_slurm()
     quiet_libraries()
     if "RANK" not in os.environ:  # plain `python bigtrain/train.py`: a group of one
@@ -58,7 +64,10 @@ def init_distributed() -> World:
     import deepspeed
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        deepspeed.init_distributed(
+            dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -76,6 +76,10 @@ def build_ds_config(
     zero = cfg.setdefault("zero_optimization", {})
     if zero_stage is not None:
         set_stage(zero, zero_stage)
+    if precision == "bf16" and zero.get("stage", 0) >= 1:
+        # DeepSpeed's default grad_accum_dtype is the weight dtype: micro-batch gradients would be summed in bf16.
+        # fp32 selects BF16_Optimizer at stage 1 and fp32 gradient partitions at stages 2-3 (stage 0 refuses it)
+        cfg.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     if zero.get("stage", 0) == 3:
         # memory_efficient_linear wraps every Linear in an autograd function that re-gathers its weight
         zero.setdefault("memory_efficient_linear", False)

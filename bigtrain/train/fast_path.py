@@ -14,8 +14,9 @@ from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.counting import layer_params, total_params
 from bigtrain.model.kernels import resolve_kernels
 from bigtrain.model.loss import resolve_loss
-from bigtrain.model.modeling import BigTrainForCausalLM, DecoderLayer
+from bigtrain.model.modeling import BigTrainForCausalLM, DecoderLayer, RotaryEmbedding
 from bigtrain.train.ds_config import build_ds_config
+from bigtrain.train.optimizer import choose_optimizer
 from bigtrain.train.zero_stage import choose_zero_stage, device_memory_bytes, local_world_size
 
 
@@ -42,7 +43,8 @@ def plan_engine(
         layer_params=biggest_layer,
         local_world_size=local_world_size(world_size),
     )
-    return ds_config, {"zero_stage": stage, "zero_stage_reason": why}
+    optimizer_reason = choose_optimizer(ds_config)  # torch's AdamW where FusedAdam cannot be built
+    return ds_config, {"zero_stage": stage, "zero_stage_reason": why, "optimizer_reason": optimizer_reason}
 
 
 def decoder_layers(model: torch.nn.Module) -> list[DecoderLayer]:
@@ -70,3 +72,14 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe, zero3: bool) -> dict[s
         for layer in layers:
             layer.block = torch.compile(layer.block)
     return {"kernels": kernels, "loss": loss, "compile": t.compile}
+
+
+def restore_fp32_rope(module: torch.nn.Module) -> int:
+    """After deepspeed.initialize: RoPE's inv_freq recomputed in fp32 from the config. zero.Init and the
+    engine's bf16 cast (`module.bfloat16()` below stage 3) leave it bf16, whose 8-bit mantissa puts the
+    angles at position 2047 off by radians, so the trained model would differ from its fp32-RoPE export.
+    Returns how many tables it restored."""
+    tables = [m for m in module.modules() if isinstance(m, RotaryEmbedding)]
+    for rope in tables:
+        rope.inv_freq = rope.compute_inv_freq().to(rope.inv_freq.device)
+    return len(tables)

@@ -7,6 +7,8 @@ import platform
 import re
 import resource
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +79,30 @@ def detect_peak() -> PeakSpec | None:
     return peak_for(props.name, props.multi_processor_count, props.total_memory)
 
 
-def detect_peak_tflops() -> float | None:
-    peak = detect_peak()
-    return peak.tflops if peak else None
-
-
 def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops: float | None, devices: int) -> float | None:
     """Model FLOPs utilisation: achieved model FLOP/s over the devices' dense peak (None: peak unknown)."""
     return flops_per_token * tokens_per_s / (peak_tflops * 1e12 * devices) if peak_tflops else None
+
+
+class IntervalTimer:
+    """Wall time of a logging interval. Call `lap` right after the host sync that ends an interval (the read
+    of its loss): that one clock read ends this interval and starts the next, so the device's tail of every
+    interval is counted and no time falls between intervals."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._start = clock()
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def lap(self) -> tuple[float, int]:
+        """(seconds, steps) since the previous lap (or the start); starts the next interval."""
+        now = self._clock()
+        elapsed, steps = now - self._start, self.steps
+        self._start, self.steps = now, 0
+        return elapsed, steps
 
 
 def peak_memory_bytes() -> int:

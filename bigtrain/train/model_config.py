@@ -4,13 +4,19 @@ checkpoint `bigtrain.ckpt.source.open_checkpoint` reads: an HF dir, a run dir, a
 from __future__ import annotations
 
 from bigtrain.ckpt.source import open_checkpoint
-from bigtrain.config import Recipe
+from bigtrain.config import ModelSpec, Recipe
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainConfig
 
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def model_vocab_size(model: ModelSpec, tokenizer_vocab: int) -> int:
+    """The embedding rows a recipe's model gets: `model.vocab_size`, else the tokenizer's size rounded up
+    to a multiple of 64 (fast matmuls; the extra rows are never a target)."""
+    return model.vocab_size or round_up(tokenizer_vocab, 64)
 
 
 def resolve_model_config(recipe: Recipe, tokenizer_vocab: int) -> BigTrainConfig:
@@ -23,8 +29,7 @@ def resolve_model_config(recipe: Recipe, tokenizer_vocab: int) -> BigTrainConfig
             raise BigtrainError(f"init_from: {e}") from None
         where = f"init_from={recipe.init_from}"
     else:
-        vocab = recipe.model.vocab_size or round_up(tokenizer_vocab, 64)
-        cfg = recipe.model.build_config(vocab)
+        cfg = recipe.model.build_config(model_vocab_size(recipe.model, tokenizer_vocab))
         where = "model.vocab_size"
     if cfg.vocab_size < tokenizer_vocab:
         raise BigtrainError(f"{where}: vocab size {cfg.vocab_size} is below the tokenizer's {tokenizer_vocab} tokens")

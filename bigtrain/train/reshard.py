@@ -114,7 +114,7 @@ def convert_on_main(ckpt: Path, world: World, batch: int) -> tuple[Path, float]:
     return Path(result[0]), float(result[1])
 
 
-def _partition(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+def rank_partition(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's ZeRO-3 slice of a flattened tensor: ceil(numel / world) elements, the last zero-padded."""
     flat = full.reshape(-1)  # a memory map: only this rank's slice is read
     per_rank = math.ceil(flat.numel() / world_size)
@@ -140,7 +140,7 @@ def load_universal(engine: Any, udir: Path, world: World) -> None:
 
     def read(name: str, key: str) -> torch.Tensor:
         t = torch.load(udir / "zero" / name / f"{key}.pt", map_location="cpu", mmap=True, weights_only=False)["param"]
-        return _partition(t, world.rank, world.size)
+        return rank_partition(t, world.rank, world.size)
 
     opt.checkpoint_event_prologue()  # every parameter back to its partition, as DeepSpeed's own load does
     for gid, group in enumerate(opt.fp16_groups):

@@ -1,5 +1,9 @@
 """Learning-rate schedules as multipliers of the peak LR: linear warmup, then cosine, warmup-stable-decay
-(WSD: constant, then a linear decay over the last `decay_fraction` of steps) or constant."""
+(WSD: constant, then a linear decay over the last `decay_fraction` of steps) or constant.
+
+A run may be a slice of a longer schedule: its step s is the schedule's step `schedule_start + s` of
+`schedule_steps` (train.schedule_scope: pipeline gives every stage of a staged recipe its slice of one
+schedule). After a growth, `rewarm_steps` ramps the LR linearly up to the schedule's value."""
 
 from __future__ import annotations
 
@@ -11,23 +15,36 @@ from torch.optim.lr_scheduler import LambdaLR
 from bigtrain.config import TrainConfig
 
 
-def lr_multiplier(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+def schedule_multiplier(cfg: TrainConfig, length: int) -> Callable[[int], float]:
+    """The multiplier at step `step` (optimizer steps already taken) of a schedule `length` steps long."""
+    warmup = min(cfg.warmup_steps, max(length - 1, 0))
     floor = cfg.min_lr_ratio
+    decay_steps = min(length, cfg.decay_steps or max(1, round(cfg.decay_fraction * length)))
 
-    def at(step: int) -> float:  # `step` = optimizer steps already taken
+    def at(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         if cfg.schedule == "constant":
             return 1.0
         if cfg.schedule == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            progress = min(1.0, (step - warmup) / max(1, length - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        decay_steps = max(1, round(cfg.decay_fraction * total_steps))
-        decay_start = total_steps - decay_steps
+        decay_start = length - decay_steps
         if step < decay_start:
             return 1.0
         return 1.0 - (1 - floor) * min(1.0, (step - decay_start) / decay_steps)
+
+    return at
+
+
+def lr_multiplier(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The run's multiplier at its step `step`: its slice of the schedule, times the re-warm after a growth."""
+    schedule = schedule_multiplier(cfg, cfg.schedule_steps or total_steps)
+    start, rewarm = cfg.schedule_start, cfg.rewarm_steps
+
+    def at(step: int) -> float:
+        ramp = (step + 1) / (rewarm + 1) if step < rewarm else 1.0
+        return schedule(start + step) * ramp
 
     return at
 

@@ -36,17 +36,20 @@ def optimizer_state_bytes(optimizer: Any) -> int:
     tensors: list[torch.Tensor] = [
         v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)
     ]
-    for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+    # ZeRO-3, ZeRO-1/2, BF16_Optimizer (bf16 at stage 1)
+    for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
         tensors.extend(getattr(optimizer, attr, None) or [])
     return tensor_bytes(tensors)
 
 
 def grad_bytes(optimizer: Any, module: torch.nn.Module) -> int:
-    """ZeRO-3 keeps this rank's gradient partitions in one flat buffer; other stages in p.grad."""
+    """ZeRO-3 keeps this rank's gradient partitions in one flat buffer; other stages in p.grad, and
+    BF16_Optimizer (bf16 at stage 1) sums them into flat fp32 buffers of the whole model besides."""
     flat = getattr(optimizer, "grad_partitions_flat_buffer", None)
     if isinstance(flat, torch.Tensor):
         return tensor_bytes([flat])
-    return tensor_bytes(p.grad for p in module.parameters() if p.grad is not None)
+    fp32_sums = getattr(optimizer, "fp32_groups_gradients_flat", None) or []
+    return tensor_bytes([*fp32_sums, *(p.grad for p in module.parameters() if p.grad is not None)])
 
 
 def per_rank(engine: Any, optimizer: Any) -> dict[str, int]:

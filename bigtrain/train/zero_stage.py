@@ -1,12 +1,17 @@
 """`train.zero_stage: auto`: the fastest ZeRO stage whose model states fit the device.
 
 DeepSpeed ranks speed 0 > 1 > 2 > 3: every stage above 0 adds communication, and stage 3 gathers every
-weight twice per step. On one GPU ZeRO partitions nothing, so a model that fits runs at stage 0. The
-model states per GPU (mixed precision, Adam; ZeRO paper, Rajbhandari et al. 2020) with N GPUs:
-stage 0: w + g + o, stage 1: w + g + o/N, stage 2: w + (g + o)/N, stage 3: (w + g + o)/N, per parameter,
-with w = g = 2 bytes (bf16) and o = 12 (fp32 master, exp_avg, exp_avg_sq), plus a 4-byte fp32 gradient
-accumulator at stage 0 under bf16 (DeepSpeed's BF16_Optimizer). A stage fits when its states take at most
-STATE_SHARE of the device memory; the rest is for activations, the logits slice and allocator slack.
+weight twice per step. On one GPU ZeRO partitions nothing, so a model that fits runs at stage 0 (fp32, fp16)
+or stage 1 (bf16). bf16 never gets stage 0: DeepSpeed 0.19 runs bf16 at stage 0 without fp32 master weights
+and sums micro-batch gradients in bf16 (DDP_BFLOAT16, and `grad_accum_dtype: fp32` is refused there); stage 1
+with `data_types.grad_accum_dtype: fp32` (ds_config.py sets it) selects BF16_Optimizer, which keeps fp32
+master weights and sums gradients in an fp32 buffer, for the cost of that buffer. The model states per GPU
+(mixed precision, Adam; ZeRO paper, Rajbhandari et al. 2020) with N GPUs, per parameter, w = weights,
+g = gradients, o = 12 (fp32 master, exp_avg, exp_avg_sq):
+fp16/fp32: stage 0: w + g + o, 1: w + g + o/N, 2: w + (g + o)/N, 3: (w + g + o)/N (fp32: o = 8, no master);
+bf16: stage 1: 2 + 2 + 4 + o/N (bf16 grads plus BF16_Optimizer's full fp32 buffer), 2: 2 + (4 + o)/N,
+3: (2 + 4 + o)/N (fp32 gradient partitions). A stage fits when its states take at most STATE_SHARE of the
+device memory; the rest is for activations, the logits slice and allocator slack.
 """
 
 from __future__ import annotations
@@ -24,17 +29,25 @@ AUTO_TEMPLATES = ("zero3", "zero2")  # built-in templates whose stage `auto` may
 
 
 def model_state_bytes(params: int, stage: int, world_size: int, precision: str) -> int:
+    n = world_size
+    if precision == "bf16":  # fp32 gradient accumulation (ds_config.py)
+        per_param = {
+            0: 2 + 2 + 4,  # DDP_BFLOAT16: Adam's moments in bf16, no master copy (never chosen by auto)
+            1: 2 + 2 + 4 + 12 / n,
+            2: 2 + (4 + 12) / n,
+            3: (2 + 4 + 12) / n,
+        }[stage]
+        return int(params * per_param)
     w = 4 if precision == "fp32" else 2
     g = w
     o = 8 if precision == "fp32" else 12  # fp32 weights are their own master copy
-    n = world_size
-    per_param = {
-        0: w + g + o + (4 if precision == "bf16" else 0),
-        1: w + g + o / n,
-        2: w + (g + o) / n,
-        3: (w + g + o) / n,
-    }[stage]
+    per_param = {0: w + g + o, 1: w + g + o / n, 2: w + (g + o) / n, 3: (w + g + o) / n}[stage]
     return int(params * per_param)
+
+
+def auto_stages(precision: str) -> tuple[int, ...]:
+    """The stages `auto` tries, fastest first: bf16 skips stage 0 (bf16 gradient sums, no fp32 master)."""
+    return (1, 2, 3) if precision == "bf16" else (0, 1, 2, 3)
 
 
 def device_memory_bytes() -> int | None:
@@ -72,12 +85,14 @@ def choose_zero_stage(
     precision = resolve_precision(recipe)
     budget = STATE_SHARE * device_bytes
     gib = 2**30
-    for stage in (0, 1, 2, 3):
+    for stage in auto_stages(precision):
         need = model_state_bytes(params, stage, world_size, precision)
         if need <= budget:
+            bf16 = precision == "bf16" and stage == 1
+            why_not_0 = " (bf16: stage 1 at least, for fp32 master weights and fp32 gradient sums)" if bf16 else ""
             return stage, (
                 f"fastest stage whose model states fit: {need / gib:.1f} GiB per GPU at stage {stage} "
-                f"<= {STATE_SHARE:.0%} of {device_bytes / gib:.1f} GiB, {world_size} GPU(s)"
+                f"<= {STATE_SHARE:.0%} of {device_bytes / gib:.1f} GiB, {world_size} GPU(s){why_not_0}"
             )
     need = model_state_bytes(params, 3, world_size, precision)
     return 3, f"model states need {need / gib:.1f} GiB per GPU even at stage 3 (of {device_bytes / gib:.1f} GiB)"

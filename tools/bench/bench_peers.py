@@ -8,7 +8,8 @@ Runners (each in its own process, one after another):
   bigtrain            the real trainer through its entry point (`python bigtrain/train.py`, a group of one),
                       with its own defaults for the hardware (ZeRO stage, kernels, loss, ...)
   hf_deepspeed        transformers `Trainer` with a `deepspeed` config dict as its docs show ("auto" values
-                      filled from TrainingArguments; ZeRO stage --peer-zero-stage), `LlamaForCausalLM`
+                      filled from TrainingArguments; ZeRO stage --peer-zero-stage), `LlamaForCausalLM`; the
+                      Trainer's own AdamW with bigtrain's parameter groups (no decay on norms, embeddings)
   hf_deepspeed_liger  the same with `use_liger_kernel=True` (CUDA and liger-kernel only; else skipped)
   torch_eager         a plain PyTorch loop: one process, `LlamaForCausalLM`, torch AdamW (fused where
                       available), autocast bf16 over fp32 weights on GPU, fp32 on CPU
@@ -227,17 +228,11 @@ def run_bigtrain(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
-def deepspeed_can_build_ops() -> bool:
-    """DeepSpeed's "AdamW" is its FusedAdam, JIT-built with nvcc on CUDA: without a toolkit, torch's AdamW."""
-    import shutil
-
-    import torch
-
-    return not torch.cuda.is_available() or bool(shutil.which("nvcc") or os.environ.get("CUDA_HOME"))
-
-
 def hf_ds_config(stage: int) -> dict[str, Any]:
-    """transformers' documented DeepSpeed config (docs: DeepSpeed integration), "auto" everywhere it allows."""
+    """transformers' documented DeepSpeed config (docs: DeepSpeed integration), "auto" everywhere it allows,
+    without its `optimizer` block: with one, DeepSpeed's optimizer gets every parameter in one group
+    (weight decay on norms and embeddings too); without, the Trainer builds its own optimizer from
+    its parameter groups, which `SameGroupsTrainer` makes bigtrain's (the docs' "HF optimizer" case)."""
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
     if stage == 3:
         zero |= {
@@ -252,11 +247,6 @@ def hf_ds_config(stage: int) -> dict[str, Any]:
         zero |= {"allgather_partitions": True, "allgather_bucket_size": 2e8, "reduce_scatter": True}
     return {
         "bf16": {"enabled": "auto"},
-        "optimizer": {
-            "type": "AdamW",
-            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}
-            | ({} if deepspeed_can_build_ops() else {"torch_adam": True}),
-        },
         "zero_optimization": zero,
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
@@ -332,8 +322,19 @@ def run_hf(spec: dict[str, Any], work: Path, liger: bool) -> dict[str, Any]:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(), callbacks=[Clock()])
+    class SameGroupsTrainer(Trainer):
+        """The Trainer's parameter groups made bigtrain's: its own rule leaves the norms undecayed; the
+        embeddings (tied to the head here) are left out as well, so every runner trains the same thing."""
+
+        def get_decay_parameter_names(self, model: Any) -> list[str]:
+            return [n for n in super().get_decay_parameter_names(model) if "embed_tokens" not in n]
+
+    trainer = SameGroupsTrainer(model=model, args=args, train_dataset=Rows(), callbacks=[Clock()])
     trainer.train()
+    # as the Trainer groups them: named_parameters() names a tied head once, as model.embed_tokens
+    decay_names = set(trainer.get_decay_parameter_names(model))
+    decayed = [n for n, _ in model.named_parameters() if n in decay_names]
+    optim = getattr(args.optim, "value", args.optim)
     return {
         "losses": losses,
         "step_times_s": [b - a for a, b in itertools.pairwise(ends)],
@@ -342,7 +343,8 @@ def run_hf(spec: dict[str, Any], work: Path, liger: bool) -> dict[str, Any]:
         "settings": {
             "zero_stage": spec["peer_zero_stage"],
             "use_liger_kernel": liger,
-            "optimizer": "DeepSpeed FusedAdam" if deepspeed_can_build_ops() else "torch AdamW (no nvcc for FusedAdam)",
+            "optimizer": f"Trainer's {optim} (no DeepSpeed optimizer block: the Trainer's parameter groups)",
+            "decayed_tensors": decayed,
         },
     }
 

@@ -1,6 +1,6 @@
 """Resume on another world size: the time to convert a ZeRO-3 checkpoint (saved by 2 ranks) and load it on 1
 rank, against the time to load it normally on the 2 ranks that saved it. Measured in one run, with the
-real trainer (`tests/trainer_runs.launch`) on the demo data:
+real trainer (`bigtrain/train.py`, launched as `bigtrain-run` does) on the demo data:
 
     .venv/bin/python tools/bench/bench_reshard.py --work /tmp/bench_reshard                 # demo model
     .venv/bin/python tools/bench/bench_reshard.py --work /tmp/bench_reshard --preset large  # ~0.3B model
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,10 +27,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.trainer_runs import launch, tiny_overrides  # noqa: E402
+from bigtrain.pipeline.runner import launch_command  # noqa: E402
+
+# A ~2M-parameter model on three Shakespeare plays (seconds per step on 2 CPU cores); the presets below
+# change its size. The same as the test suite's tiny model, written out here: a benchmark does not import
+# the tests.
+TINY: dict[str, object] = {
+    "model.hidden_size": 64,
+    "model.num_layers": 2,
+    "model.head_dim": 32,
+    "model.num_heads": 2,
+    "model.num_kv_heads": 1,
+    "model.intermediate_size": 128,
+    "model.tie_embeddings": True,
+    "data.eval_files": "[]",
+    "data.seq_len": 64,
+    "data.eval_fraction": 0.02,
+    "train.micro_batch_size": 2,
+    "train.global_batch_size": 8,
+    "train.lr": 3e-3,
+    "train.eval_batches": 2,
+    "train.progress": False,
+    "train.log_every": 1,
+}
+PLAYS = ("macbeth_gut.txt", "othello_gut.txt", "lear_gut.txt")
 
 PRESETS: dict[str, dict[str, object]] = {
-    "demo": {},  # tiny_overrides' ~2M-parameter model
+    "demo": {},  # TINY as it is
     # ~0.33B: a 1B ZeRO-3 checkpoint with Adam state is ~16 GB and needs ~20 GB of RAM on one CPU rank
     "large": {
         "model.hidden_size": 1024,
@@ -56,6 +80,30 @@ PRESETS: dict[str, dict[str, object]] = {
 
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def tiny_overrides(data: Path, out: Path, cache: Path, **extra: object) -> list[str]:
+    plays = ",".join(str(data / "shakespeare" / "train" / p) for p in PLAYS)
+    values = {
+        "output_dir": out,
+        "data.train_files": f"[{plays}]",
+        "data.tokenizer": data / "tokenizer",
+        "data.cache_dir": cache,
+        **TINY,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def launch(overrides: list[str], ranks: int) -> str:
+    """Train on `ranks` local ranks (the launch `bigtrain-run` uses); its stdout. Stops on a failure."""
+    cmd = [*launch_command(REPO / "recipes" / "demo.yaml", ranks), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        sys.exit(f"bench_reshard: training failed ({result.returncode}):\n{tail}")
+    return result.stdout
 
 
 def main() -> None:
@@ -85,7 +133,7 @@ def main() -> None:
 
     launch(overrides(saved, 2), ranks=2)
     same = json.loads((saved / "run.json").read_text())["resume_s"]
-    log = launch(overrides(moved, 2), ranks=1).stdout
+    log = launch(overrides(moved, 2), ranks=1)
     other = json.loads((moved / "run.json").read_text())["resume_s"]
     m = re.search(r"converted in ([0-9.]+)s", log)
     convert_s = float(m.group(1)) if m else float("nan")

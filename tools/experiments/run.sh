@@ -4,7 +4,8 @@
 #   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR]
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
-# the arms in run order (`ARM [baseline] [once]`: `once` runs seed 1 only, e.g. a shared starting point), and
+# the arms in run order (`ARM [baseline] [frontier] [once]`: `once` runs seed 1 only, e.g. a shared starting
+# point; `frontier` arms are the baseline frontier, complete schedules at several budgets), and
 # <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the
 # initialisation and data.seed=S for the order of the data, in every stage) into
 # <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
@@ -36,17 +37,18 @@ OUT=${OUT:-$RUNS/report}
 BIN=${BIGTRAIN_BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 
-runs=() baseline=""
+runs=() frontier=() baseline=""
 while read -r arm rest; do
   [ -n "$arm" ] && [ "${arm:0:1}" != "#" ] || continue
   recipe=$DIR/$SIZE/$arm.yaml
   [ -f "$recipe" ] || { echo "error: $recipe: no such arm recipe (listed in $DIR/arms.txt)" >&2; exit 2; }
-  is_baseline=0 seeds=$SEEDS
+  is_baseline=0 is_frontier=0 seeds=$SEEDS
   for word in $rest; do
     case $word in
       baseline) is_baseline=1 ;;
+      frontier) is_frontier=1 ;;
       once) seeds=1 ;;
-      *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, once)" >&2; exit 2 ;;
+      *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, frontier, once)" >&2; exit 2 ;;
     esac
   done
   for seed in $(seq 1 "$seeds"); do
@@ -55,7 +57,8 @@ while read -r arm rest; do
     nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" output_dir="$out" train.seed="$seed" data.seed="$seed"
     runs+=("$out")
     [ $is_baseline = 1 ] && [ -z "$baseline" ] && baseline=$out
+    [ $is_frontier = 1 ] && frontier+=("$out")
   done
 done < "$DIR/arms.txt"
 
-"$BIN/bigtrain-report" "${runs[@]}" ${baseline:+--baseline "$baseline"} --out "$OUT"
+"$BIN/bigtrain-report" "${runs[@]}" ${baseline:+--baseline "$baseline"} ${frontier[@]:+--frontier "${frontier[@]}"} --out "$OUT"

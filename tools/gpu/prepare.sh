@@ -14,3 +14,5 @@ python3 -m pip download -q --no-deps --only-binary=:all: -d .whl "liger-kernel==
 rm -rf .gpu_data && cp -rL data .gpu_data && rm -rf .gpu_data/shakespeare/*/__pycache__
 grep -qxF '/.gpu_data/' .gitignore || echo "note: add /.gpu_data/ to .gitignore" >&2
 du -sh .whl .gpu_data
+# every carried wheel's requirements are in .whl/ or in the GPU image: fail here, not minutes into a session
+.venv/bin/python tools/gpu/check_wheels.py --wheels .whl

@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bigtrain.config import ModelSpec
 from bigtrain.model.counting import embedding_params, layer_params, total_params
 from bigtrain.model.layout import plan_layers
 
-if TYPE_CHECKING:
-    from bigtrain.config import ModelSpec
 
-
-def layout_report(spec: ModelSpec) -> dict[str, Any]:
-    """Per-layer sizes and counts, totals, and the uniform reference's total (same vocab and embeddings)."""
+def layout_report(spec: ModelSpec, vocab_size: int | None = None, vocab_from: str | None = None) -> dict[str, Any]:
+    """Per-layer sizes and counts, totals, and the uniform reference's total (same vocab and embeddings).
+    `vocab_size`: the embedding rows when `spec` leaves them to the tokenizer (`vocab_from` says whose);
+    without either, 32,000 is assumed and the report says so."""
     plan = plan_layers(spec)
-    cfg = spec.build_config()
-    reference = spec.model_copy(update={"layout": type(spec.layout)()}).build_config()
+    cfg = spec.build_config(vocab_size)
+    reference = spec.model_copy(update={"layout": type(spec.layout)()}).build_config(vocab_size)
     layers = []
     for i in range(cfg.num_hidden_layers):
         row: dict[str, Any] = {
@@ -38,7 +38,8 @@ def layout_report(spec: ModelSpec) -> dict[str, Any]:
         "hidden_size": cfg.hidden_size,
         "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size,
-        "vocab_assumed": spec.vocab_size is None,
+        "vocab_assumed": spec.vocab_size is None and vocab_size is None,
+        "vocab_from": None if spec.vocab_size else vocab_from,
         "total_params": total,
         "reference_params": ref,
         "difference_pct": 100.0 * (total - ref) / ref,
@@ -67,7 +68,11 @@ def format_layout(report: dict[str, Any]) -> str:
             line += "  (frame)"
         lines.append(line)
     ref = report["reference"]
-    vocab = f"{report['vocab_size']}" + (" (assumed: the recipe leaves it to the tokenizer)" * report["vocab_assumed"])
+    vocab = f"{report['vocab_size']}"
+    if report["vocab_assumed"]:
+        vocab += " (assumed: the recipe leaves it to the tokenizer)"
+    elif report.get("vocab_from"):
+        vocab += f" ({report['vocab_from']})"
     lines += [
         "",
         f"scheme {report['scheme']}; hidden {report['hidden_size']}, head_dim {report['head_dim']}, vocab {vocab}",

@@ -1,0 +1,42 @@
+"""`step:`: STEP's frozen inherited layers with LoRA adapters (Yano et al., NAACL 2025)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from bigtrain.config.base import Section
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+class StepConfig(Section):
+    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully.
+    `lora: false` is LLaMA Pro's stage (Wu et al., ACL 2024): the inherited layers frozen, no adapters,
+    only the new blocks train (with `train_embeddings: false, train_lm_head: false` as the paper)."""
+
+    lora: bool = True
+    lora_rank: int = Field(default=64, ge=1)
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(default_factory=lambda: list(PROJECTIONS))
+    # The paper leaves these open; both default to trainable (see docs/staged.md).
+    train_embeddings: bool = True
+    train_lm_head: bool = True
+    # RMSNorm weights of inherited layers: frozen with the rest of the layer by default.
+    train_inherited_norms: bool = False
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> StepConfig:
+        unknown = [t for t in self.targets if t not in PROJECTIONS]
+        if unknown:
+            raise ValueError(f"LoRA target {unknown[0]!r} matches no module (known: {', '.join(PROJECTIONS)})")
+        if not self.targets:
+            raise ValueError("LoRA targets are empty")
+        return self
+
+    @property
+    def scale(self) -> float:
+        return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / self.lora_rank
