@@ -1,4 +1,5 @@
 """bigtrain-grow CKPT_IN CKPT_OUT --op OP [sizes]: grow a checkpoint into a larger HF directory + growth.json.
+`bigtrain-grow --list` prints the operators (bigtrain/growth/registry.py).
 
 Exit codes: 0 grown; 1 --verify found a preserving operator that did not preserve the logits
 (nothing written); 2 bad input (one line on stderr).
@@ -16,12 +17,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bigtrain-grow",
         description="Grow a checkpoint (HF dir, stock LLaMA, bigtrain run dir or DeepSpeed ZeRO-3 dir) "
-        "in depth and/or width. Depth: stack, interleave, step, zero-depth, random-depth. Width: "
-        "net2net, aki, zero-width, random-width, mixture. Compose with '+', e.g. stack+net2net.",
+        "in depth and/or width with one depth and/or one width operator, composed with '+', e.g. "
+        "stack+net2net; --list shows them all.",
     )
-    p.add_argument("ckpt_in", help="checkpoint to grow (never modified)")
-    p.add_argument("ckpt_out", help="output HF directory (must not exist or be empty, unless --overwrite)")
-    p.add_argument("--op", required=True, help="operator, or depth+width, e.g. stack, net2net, step+net2net")
+    p.add_argument("ckpt_in", nargs="?", help="checkpoint to grow (never modified)")
+    p.add_argument("ckpt_out", nargs="?", help="output HF directory (must not exist or be empty, unless --overwrite)")
+    p.add_argument("--op", help="operator, or depth+width, e.g. stack, net2net, step+net2net (see --list)")
+    p.add_argument("--list", action="store_true", help="print the operators (name, kind, options, reference) and exit")
     p.add_argument("--layers", type=int, help="target number of layers (depth operators)")
     p.add_argument("--hidden", type=int, help="target hidden size (width operators)")
     p.add_argument("--ffn", type=int, help="target reference FFN size; each layer's scales in proportion")
@@ -42,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
         help="step/zero-depth/random-depth: new layers in the upper gaps (default) or after each layer "
         "(zero-depth: a zeroed copy of each layer, G_zero)",
     )
+    p.add_argument("--drop", type=int, help="dus: layers dropped from each of the two copies (SOLAR: 8 of 32)")
+    p.add_argument("--block", type=int, help="middle-stack: layers in the replicated middle block (default N - L)")
+    p.add_argument("--snr-db", type=float, help="hypercloning: SNR in dB of the function-keeping noise (default none)")
     p.add_argument(
         "--optimizer",
         choices=("fresh", "carry"),
@@ -57,7 +62,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.list:
+        from bigtrain.growth.registry import table
+
+        print(table())
+        raise SystemExit(0)
+    if args.ckpt_in is None or args.ckpt_out is None or args.op is None:
+        p.error("CKPT_IN, CKPT_OUT and --op are required (or --list)")
 
     def body() -> int:
         from bigtrain.growth.api import VerificationError, describe, grow_checkpoint
@@ -84,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
                 split_spread=args.split_spread,
                 noise_std=args.noise_std,
                 placement=args.placement,
+                drop=args.drop,
+                block=args.block,
+                snr_db=args.snr_db,
             )
         except VerificationError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -8,12 +8,6 @@ from pydantic import Field, model_validator
 
 from bigtrain.config.base import Section
 
-DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
-
-
-WIDTH_OPS = ("net2net", "aki", "zero-width", "random-width", "mixture")
-
-
 # GrowSpec size field -> the ModelSpec field it sets
 # A later stage's sizes come from grow:, never from model: (the weights must come from somewhere)
 SIZE_FIELDS = (
@@ -54,6 +48,9 @@ class GrowSpec(Section):
     split_spread: float | None = Field(default=None, ge=0, lt=1)  # asymmetric: u ~ U(1-s, 1+s); default 0.5
     noise_std: float | None = Field(default=None, ge=0)  # noise: relative std; default 0.01
     placement: Literal["upper", "after-each"] | None = None  # step/zero-depth/random-depth; default upper
+    drop: int | None = Field(default=None, ge=0)  # dus: layers dropped from each copy (give layers too)
+    block: int | None = Field(default=None, ge=1)  # middle-stack: layers in the replicated middle block
+    snr_db: float | None = None  # hypercloning: SNR (dB) of the function-keeping +-noise; none when unset
     # The hand-over (docs/staged.md): grow the previous stage's last training checkpoint (its fp32 masters) or
     # its export; `carry` maps its Adam moments through the operator too (new parameters start at zero
     # moments, the step count goes on); `rewarm_steps` re-warms the LR after the growth.
@@ -63,12 +60,17 @@ class GrowSpec(Section):
 
     @model_validator(mode="after")
     def _known_op(self) -> GrowSpec:
+        from bigtrain.growth.registry import DEPTH_OPS, WIDTH_OPS, known  # the one list of operators
+
         parts = self.op.split("+")
         for part in parts:
             if part not in DEPTH_OPS + WIDTH_OPS:
-                raise ValueError(f"unknown growth op {part!r} (known: {', '.join(DEPTH_OPS + WIDTH_OPS)})")
+                raise ValueError(f"unknown growth op {part!r} (known: {known()})")
         if sum(p in DEPTH_OPS for p in parts) > 1 or sum(p in WIDTH_OPS for p in parts) > 1:
             raise ValueError(f"op {self.op!r}: at most one depth and one width operator, joined by '+'")
+        if "dus" in parts and self.layers is None:
+            # the stage's depth must be known when the recipe is read, before the source exists
+            raise ValueError("op dus: give layers (2 (L - drop)); drop alone does not size the stage")
         if self.optimizer == "carry" and self.source == "export":
             raise ValueError("optimizer: carry needs source: checkpoint (an export holds no optimizer state)")
         return self

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from bigtrain.config.base import deep_merge, describe_validation_error
 from bigtrain.config.data import DataConfig
-from bigtrain.config.grow import DEPTH_OPS, GROW_SIZES, SIZE_FIELDS, WIDTH_OPS
+from bigtrain.config.grow import GROW_SIZES, SIZE_FIELDS
 from bigtrain.config.model import ModelSpec, check_model
 from bigtrain.config.recipe import Recipe, StageSpec
 from bigtrain.config.step import MLP_PROJECTIONS
@@ -108,6 +108,8 @@ def _check_stage_growth(
                 raise RecipeError(f"{where}: grow: would shrink {field} from {b} (stage {prev_name!r}) to {a}")
         if after == before:
             raise RecipeError(f"{where}: grow: op {grow.op!r} names no size larger than stage {prev_name!r}'s")
+        from bigtrain.growth.registry import DEPTH_OPS, WIDTH_OPS  # the one list of operators
+
         ops = grow.op.split("+")
         if spec.num_layers > prev.num_layers and not any(op in DEPTH_OPS for op in ops):
             raise RecipeError(f"{where}: grow: layers={spec.num_layers} needs a depth op ({', '.join(DEPTH_OPS)})")
@@ -119,7 +121,7 @@ def _check_stage_growth(
             raise RecipeError(f"{where}: step: needs grow: to add layers (STEP trains the new layers)")
         cfg = spec.build_config()
         inherited_ffn = any(cfg.layer_intermediate_sizes[: prev.num_layers])
-        if not inherited_ffn:
+        if not inherited_ffn and stage.step.lora:
             for t in stage.step.targets:
                 if t in MLP_PROJECTIONS:
                     raise RecipeError(f"{where}: step.targets: {t!r} matches nothing (no inherited layer has an FFN)")

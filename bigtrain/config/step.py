@@ -13,8 +13,11 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 class StepConfig(Section):
-    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully."""
+    """STEP: inherited layers frozen and adapted by LoRA (peft), new layers trained fully.
+    `lora: false` is LLaMA Pro's stage (Wu et al., ACL 2024): the inherited layers frozen, no adapters,
+    only the new blocks train (with `train_embeddings: false, train_lm_head: false` as the paper)."""
 
+    lora: bool = True
     lora_rank: int = Field(default=64, ge=1)
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)

@@ -4,8 +4,10 @@
 from bigtrain.growth.api import VerificationError, grow_checkpoint
 from bigtrain.growth.grow import Grown, grow, parse_ops
 from bigtrain.growth.record import GrowthRecord, LayerRecord, read_growth_record
+from bigtrain.growth.registry import REGISTRY
 
 __all__ = [
+    "REGISTRY",
     "Grown",
     "GrowthRecord",
     "LayerRecord",

@@ -31,10 +31,10 @@ from functools import partial
 import torch
 
 from bigtrain.errors import BigtrainError
+from bigtrain.growth.operator import DepthArgs, Operator
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.param_shapes import layer_shapes
 
-DEPTH_OPS = ("stack", "interleave", "step", "zero-depth", "random-depth")
 STEP_INITS = ("mean", "copy", "zero")
 PLACEMENTS = ("upper", "after-each")  # where the insert operators (step, zero-depth, random-depth) put new layers
 INSERT_OPS = ("step", "zero-depth", "random-depth")
@@ -120,31 +120,23 @@ def _sizes(cfg: BigTrainConfig, j: int) -> tuple[int, int, int]:
     )
 
 
-def depth_plan(
-    cfg: BigTrainConfig, op: str, layers: int | None, init: str | None, placement: str | None = None
-) -> list[LayerPlan]:
-    L = cfg.num_hidden_layers
-    if layers is None:
-        raise BigtrainError(f"--op {op} needs --layers (the target number of layers)")
-    if placement is not None and placement not in PLACEMENTS:
-        raise BigtrainError(f"--placement {placement} is not one of {', '.join(PLACEMENTS)}")
-    if placement is not None and op not in INSERT_OPS:
-        raise BigtrainError(f"--op {op}: --placement applies to {', '.join(INSERT_OPS)} only")
-    placement = placement or "upper"
-    if op == "stack":
-        return stack_plan(L, layers)
-    if op == "interleave":
-        return interleave_plan(L, layers)
-    if op == "step":
-        init = init or "mean"
-        if init not in STEP_INITS:
-            raise BigtrainError(f"--op step: --init {init} is not one of {', '.join(STEP_INITS)}")
-        return insert_plan(cfg, layers, op, init, placement)
-    if op == "zero-depth":  # after-each: the authors' G_zero, a zeroed copy of the layer below
-        return insert_plan(cfg, layers, op, "zero" if placement == "after-each" else "identity", placement)
-    if op == "random-depth":
-        return insert_plan(cfg, layers, op, "random", placement)
-    raise BigtrainError(f"unknown depth operator {op!r}")
+def needs_layers(a: DepthArgs) -> int:
+    if a.layers is None:
+        raise BigtrainError(f"--op {a.op} needs --layers (the target number of layers)")
+    return a.layers
+
+
+def step_layers(cfg: BigTrainConfig, a: DepthArgs) -> list[LayerPlan]:
+    init = a.init or "mean"
+    if init not in STEP_INITS:
+        raise BigtrainError(f"--op step: --init {init} is not one of {', '.join(STEP_INITS)}")
+    return insert_plan(cfg, needs_layers(a), a.op, init, a.placement)
+
+
+def zero_depth_layers(cfg: BigTrainConfig, a: DepthArgs) -> list[LayerPlan]:
+    # after-each: the authors' G_zero, a zeroed copy of the layer below
+    init = "zero" if a.placement == "after-each" else "identity"
+    return insert_plan(cfg, needs_layers(a), a.op, init, a.placement)
 
 
 def depth_preserves_function(plan: list[LayerPlan]) -> bool:
@@ -202,3 +194,59 @@ def _build(
     if plan.init == "mean":
         return (own.float() + tensors[f"model.layers.{plan.mean_with}.{name}"].float()) / 2
     return own  # a copy keeps its stored dtype: nothing to compute
+
+
+G_STACK = "Du et al., NeurIPS 2024, arXiv 2405.15319"
+PRTS = "https://github.com/tongxuluo/prts"
+OPERATORS = (
+    Operator(
+        "stack",
+        "depth",
+        "G_stack: target layer i is source layer i mod L (whole-model repetition)",
+        G_STACK,
+        PRTS,
+        ("layers",),
+        "no",
+        plan=lambda cfg, a: stack_plan(cfg.num_hidden_layers, needs_layers(a)),
+    ),
+    Operator(
+        "interleave",
+        "depth",
+        "each source layer repeated in place, repeats spread evenly",
+        "bigtrain's in-place variant of stacking (no paper)",
+        None,
+        ("layers",),
+        "no",
+        plan=lambda cfg, a: interleave_plan(cfg.num_hidden_layers, needs_layers(a)),
+    ),
+    Operator(
+        "step",
+        "depth",
+        "STEP: new layers inserted among the upper layers, init mean, copy or zero",
+        "Yano, Ito, Suzuki, NAACL 2025, arXiv 2504.04151",
+        None,
+        ("layers", "init", "placement"),
+        "with --init zero",
+        plan=step_layers,
+    ),
+    Operator(
+        "zero-depth",
+        "depth",
+        "G_zero / Net2Deeper: inserted blocks with o_proj and down_proj zero (identities)",
+        G_STACK,
+        PRTS,
+        ("layers", "placement"),
+        "yes",
+        plan=zero_depth_layers,
+    ),
+    Operator(
+        "random-depth",
+        "depth",
+        "G_random without the MSG mask: inserted fresh random blocks",
+        G_STACK,
+        PRTS,
+        ("layers", "placement"),
+        "no",
+        plan=lambda cfg, a: insert_plan(cfg, needs_layers(a), a.op, "random", a.placement),
+    ),
+)

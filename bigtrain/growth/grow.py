@@ -15,34 +15,35 @@ import copy
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.depth import (
-    DEPTH_OPS,
+    INSERT_OPS,
+    PLACEMENTS,
     LayerPlan,
-    depth_plan,
     depth_preserves_function,
     grown_layer_sizes,
     identity_plan,
     layer_builders,
 )
 from bigtrain.growth.mixture import template_combination
+from bigtrain.growth.operator import DepthArgs
 from bigtrain.growth.record import GrowthRecord, LayerRecord
+from bigtrain.growth.registry import DEPTH_OPS, REGISTRY, parse_ops, taking
 from bigtrain.growth.width import (
     DEFAULT_NOISE_STD,
     DEFAULT_SPLIT,
     DEFAULT_SPLIT_SPREAD,
     SPLIT_OPS,
-    WIDTH_OPS,
     WidthContext,
     check_split,
     layer_maps,
     split_fractions,
     unit_map,
-    widen,
     width_preserves_function,
     width_target,
 )
@@ -75,19 +76,6 @@ def read_rows(tensors: Mapping[str, torch.Tensor], name: str, start: int, stop: 
     """Rows of a tensor; a mapping with a `rows` method (a checkpoint on disk) reads only those."""
     rows = getattr(tensors, "rows", None)
     return rows(name, start, stop) if rows is not None else tensors[name][start:stop]
-
-
-def parse_ops(op: str | Sequence[str]) -> tuple[str | None, str | None]:
-    names = [p.strip() for p in (op.split("+") if isinstance(op, str) else op) if p.strip()]
-    depth = [n for n in names if n in DEPTH_OPS]
-    width = [n for n in names if n in WIDTH_OPS]
-    unknown = [n for n in names if n not in DEPTH_OPS and n not in WIDTH_OPS]
-    if unknown or not names:
-        known = ", ".join(DEPTH_OPS + WIDTH_OPS)
-        raise BigtrainError(f"unknown operator {(unknown or [op])[0]!r} (known: {known})")
-    if len(depth) > 1 or len(width) > 1:
-        raise BigtrainError(f"--op {op}: at most one depth and one width operator")
-    return (depth[0] if depth else None), (width[0] if width else None)
 
 
 def seeded(seed: int) -> Any:
@@ -171,7 +159,8 @@ class WidenedSource(Mapping[str, torch.Tensor]):
             kw["templates"] = template_combination(
                 name, own, self.cfg, self.tensors, self.plan.mixture_init, self.generator
             )
-        return widen(name, key, self.tensors[key], ctx, self.layer_maps(j), **kw)
+        op = REGISTRY[ctx.op]
+        return op.widen(name, key, self.tensors[key], ctx, self.layer_maps(j) if op.replica_maps else None, **kw)
 
     def __iter__(self) -> Iterator[str]:
         return (k for k in self.tensors if k.startswith("model.layers."))
@@ -196,11 +185,15 @@ def grow(
     split_spread: float | None = None,
     noise_std: float | None = None,
     placement: str | None = None,
+    drop: int | None = None,
+    block: int | None = None,
+    snr_db: float | None = None,
 ) -> Grown:
     """Phases: plan (operators, target config), record, produce (lazily, tensor by tensor)."""
     generator = seeded(seed)
     plan = make_plan(
-        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement
+        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement,
+        {"drop": drop, "block": block, "snr_db": snr_db},
     )
     args = {
         "layers": layers,
@@ -211,6 +204,9 @@ def grow(
         "init": plan.step_init or plan.mixture_init,
         "seed": seed,
         "placement": placement,
+        "drop": drop,
+        "block": block,
+        "snr_db": snr_db,
     }
     if plan.ctx is not None and plan.width_op in SPLIT_OPS:
         args["split"] = plan.ctx.split
@@ -256,6 +252,7 @@ def make_plan(
     split_spread: float | None,
     noise_std: float | None,
     placement: str | None,
+    extra: dict[str, Any] | None = None,
 ) -> Plan:
     depth_op, width_op = parse_ops(op)
     op_name = "+".join(x for x in (depth_op, width_op) if x)
@@ -269,6 +266,10 @@ def make_plan(
         raise BigtrainError(f"--op {op_name}: --split/--split-spread/--noise-std apply to {', '.join(SPLIT_OPS)} only")
     if placement is not None and depth_op is None:
         raise BigtrainError(f"--op {op_name}: --placement needs a depth operator")
+    if depth_op is not None:
+        check_placement(depth_op, placement)
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    check_options(op_name, (depth_op, width_op), extra)
     # one --init flag: it belongs to step when step is the depth operator, else to mixture
     step_init = (init or "mean") if depth_op == "step" else None
     mixture_init = ((init if depth_op != "step" else None) or "orthogonal") if width_op == "mixture" else None
@@ -280,6 +281,9 @@ def make_plan(
         spread = DEFAULT_SPLIT_SPREAD if split_spread is None else split_spread
         sigma = DEFAULT_NOISE_STD if noise_std is None else noise_std
         check_split(split, spread, sigma)
+        sizes = REGISTRY[width_op].sizes
+        if sizes is not None:  # the operator's own defaults and constraints (hypercloning: whole multiples)
+            hidden, ffn, heads, kv_heads = sizes(cfg, hidden, ffn, heads, kv_heads)
         target = width_target(cfg, hidden, ffn, heads, kv_heads)
         wide = _resized(
             cfg,
@@ -294,11 +298,13 @@ def make_plan(
         ctx = WidthContext(
             width_op, cfg, target, unit_map(cfg.hidden_size, target.hidden, generator("hidden")), generator
         )
+        ctx.snr_db = extra.get("snr_db")
         if width_op in SPLIT_OPS:
             ctx.split, ctx.split_spread, ctx.noise_std = split, spread, sigma
             if split == "asymmetric":
                 ctx.hidden_split = split_fractions(ctx.hidden, generator("hidden.split"), spread)
-    plan = depth_plan(wide, depth_op, layers, init, placement) if depth_op else identity_plan(cfg.num_hidden_layers)
+    plan = depth_layers(wide, DepthArgs(depth_op, layers, init, placement or "upper", extra.get("drop"), extra.get("block"))) if depth_op else None
+    plan = plan or identity_plan(cfg.num_hidden_layers)
     ffn_sizes, q_heads, kv = grown_layer_sizes(wide, plan)
     out = _resized(
         wide,
@@ -310,10 +316,31 @@ def make_plan(
     return Plan(depth_op, width_op, plan, wide, out, ctx, step_init, mixture_init)
 
 
+def depth_layers(cfg: BigTrainConfig, args: DepthArgs) -> list[LayerPlan]:
+    """The depth operator's plan over the (widened) source."""
+    return REGISTRY[args.op].plan(cfg, args)
+
+
+def check_options(op_name: str, ops: tuple[str | None, str | None], given: dict[str, Any]) -> None:
+    """An option none of the chosen operators takes is an error (the registry says who takes what)."""
+    for option in given:
+        if not any(o and option in REGISTRY[o].options for o in ops):
+            flag = option.replace("_", "-")
+            raise BigtrainError(f"--op {op_name}: --{flag} applies to {', '.join(taking(option))} only")
+
+
+def check_placement(depth_op: str, placement: str | None) -> None:
+    if placement is not None and placement not in PLACEMENTS:
+        raise BigtrainError(f"--placement {placement} is not one of {', '.join(PLACEMENTS)}")
+    if placement is not None and depth_op not in INSERT_OPS:
+        raise BigtrainError(f"--op {depth_op}: --placement applies to {', '.join(INSERT_OPS)} only")
+
+
 def make_record(cfg: BigTrainConfig, plan: Plan, args: dict[str, Any]) -> GrowthRecord:
     preserving = depth_preserves_function(plan.layers)
     if plan.ctx is not None:
-        preserving = preserving and width_preserves_function(plan.width_op, cfg, plan.ctx.target, plan.ctx.split)
+        rule = REGISTRY[plan.width_op].preserving or partial(width_preserves_function, plan.width_op)
+        preserving = preserving and rule(cfg, plan.ctx.target, plan.ctx.split)
     return GrowthRecord(
         op=plan.name,
         operators=[x for x in (plan.depth_op, plan.width_op) if x],
@@ -339,7 +366,7 @@ def produce(
     ctx = plan.ctx
 
     def widened(key: str, name: str, t: torch.Tensor) -> torch.Tensor:
-        return widen(name, key, t, ctx, None) if ctx else t
+        return REGISTRY[ctx.op].widen(name, key, t, ctx, None) if ctx else t
 
     def vocab_rows(name: str) -> Iterator[torch.Tensor]:
         # embedding and LM head go in row blocks: their vocabulary axis never grows

@@ -25,6 +25,8 @@ import torch
 
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.depth import LayerPlan
+from bigtrain.growth.operator import Operator
+from bigtrain.growth.width import widen
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.param_shapes import layer_shapes
 
@@ -73,3 +75,15 @@ def template_combination(
         if b:
             out.add_(tensors[f"model.layers.{t}.{name}"].float(), alpha=b)
     return out
+
+
+OPERATOR = Operator(
+    "mixture",
+    "width",
+    "MixtureGrowth carried to transformer linear layers (bigtrain's extension): new blocks from templates",
+    "Pham et al., WACV 2024, arXiv 2311.04251",
+    "https://github.com/chaudatascience/mixturegrowth",
+    ("hidden", "ffn", "heads", "kv_heads", "init"),
+    "no",
+    widen=widen,
+)

@@ -54,9 +54,9 @@ from dataclasses import dataclass
 import torch
 
 from bigtrain.errors import BigtrainError
+from bigtrain.growth.operator import Operator
 from bigtrain.model.configuration import BigTrainConfig
 
-WIDTH_OPS = ("net2net", "aki", "zero-width", "random-width", "mixture")
 SPLITS = ("asymmetric", "noise", "even")
 DEFAULT_SPLIT = "asymmetric"
 DEFAULT_SPLIT_SPREAD = 0.5  # u ~ U(0.5, 1.5): two replicas split alpha, 1 - alpha with alpha in [0.25, 0.75]
@@ -213,6 +213,7 @@ class WidthContext:
     split_spread: float = DEFAULT_SPLIT_SPREAD
     noise_std: float = DEFAULT_NOISE_STD
     hidden_split: torch.Tensor | None = None  # asymmetric: w per target hidden channel
+    snr_db: float | None = None  # hypercloning: SNR of its +-noise (None: none)
 
     @property
     def hidden_scale(self) -> torch.Tensor:
@@ -361,3 +362,49 @@ def width_preserves_function(op: str, cfg: BigTrainConfig, target: WidthTarget, 
     if op == "net2net":
         return split != "noise"
     return op == "zero-width" and target.hidden == cfg.hidden_size
+
+
+SPLIT_OPTIONS = ("hidden", "ffn", "heads", "kv_heads", "split", "split_spread", "noise_std")
+SIZES = ("hidden", "ffn", "heads", "kv_heads")
+OPERATORS = (
+    Operator(
+        "net2net",
+        "width",
+        "bert2BERT FPI / LEMON: replicated units, RMSNorm-exact rescaling, --split asymmetric, noise or even",
+        "Chen et al., ACL 2022 (bert2BERT, arXiv 2110.07143); Wang et al., ICLR 2024 (LEMON, arXiv 2310.07999)",
+        None,
+        SPLIT_OPTIONS,
+        "yes (--split asymmetric or even; noise: O(sigma))",
+        widen=widen,
+    ),
+    Operator(
+        "aki",
+        "width",
+        "bert2BERT AKI: new FFN units / heads take their weights from the layer above",
+        "Chen et al., ACL 2022 (bert2BERT, arXiv 2110.07143)",
+        None,
+        SPLIT_OPTIONS,
+        "no",
+        widen=widen,
+    ),
+    Operator(
+        "zero-width",
+        "width",
+        "G_zero width: new entries zero where they write, random where they read",
+        "Du et al., NeurIPS 2024, arXiv 2405.15319",
+        "https://github.com/tongxuluo/prts",
+        SIZES,
+        "FFN / heads only (hidden growth: up to the norm's eps)",
+        widen=widen,
+    ),
+    Operator(
+        "random-width",
+        "width",
+        "new entries random (std initializer_range), old block unchanged",
+        "Du et al., NeurIPS 2024, arXiv 2405.15319 (G_random without the MSG mask)",
+        "https://github.com/tongxuluo/prts",
+        SIZES,
+        "no",
+        widen=widen,
+    ),
+)

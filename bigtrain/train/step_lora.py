@@ -46,6 +46,8 @@ def lora_shapes(
 ) -> list[tuple[str, tuple[int, int]]]:
     """(name, shape) of every LoRA tensor, given (layer, LLaMA module name, in, out) of each linear."""
     out: list[tuple[str, tuple[int, int]]] = []
+    if not step.lora:  # LLaMA Pro: frozen without adapters
+        return out
     for layer, module, fan_in, fan_out in layer_linears:
         if layer in inherited and module.rsplit(".", 1)[-1] in step.targets:
             out.append((f"{module}.lora_A.{ADAPTER}.weight", (step.lora_rank, fan_in)))
@@ -66,7 +68,8 @@ def read_inherited_layers(init_from: str | Path) -> set[int]:
 def apply_step(
     model: nn.Module, step_cfg: StepConfig, init_from: str | Path, inherited: set[int] | None = None
 ) -> nn.Module:
-    """Freeze inherited layers, attach LoRA to their target projections, leave the rest trainable.
+    """Freeze inherited layers, attach LoRA to their target projections (unless `lora: false`, LLaMA Pro),
+    leave the rest trainable.
 
     Called after the weights are loaded and before `deepspeed.initialize`; works on a ZeRO-3 partitioned
     model (peft reads in/out features from the Linear modules, not from the partitioned weights). The new
@@ -79,18 +82,26 @@ def apply_step(
         raise BigtrainError(f"{init_from}: growth.json marks no layer as inherited; STEP has nothing to freeze")
     if max(inherited) >= n_layers:
         raise BigtrainError(f"{init_from}: growth.json names layer {max(inherited)}, the model has {n_layers}")
-    targets = matching_targets(model, inherited, step_cfg)
-    config = LoraConfig(
-        r=step_cfg.lora_rank,
-        lora_alpha=step_cfg.lora_alpha if step_cfg.lora_alpha is not None else step_cfg.lora_rank,
-        lora_dropout=step_cfg.lora_dropout,
-        target_modules=targets,
-        bias="none",
-    )
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    if step_cfg.lora:
+        targets = matching_targets(model, inherited, step_cfg)
+        config = LoraConfig(
+            r=step_cfg.lora_rank,
+            lora_alpha=step_cfg.lora_alpha if step_cfg.lora_alpha is not None else step_cfg.lora_rank,
+            lora_dropout=step_cfg.lora_dropout,
+            target_modules=targets,
+            bias="none",
+        )
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
     for name, p in model.named_parameters():
         is_lora = ".lora_" in name
         p.requires_grad_(is_lora or trainable_in_step(base_name(name), inherited, step_cfg))
+    if not step_cfg.train_embeddings:
+        # A frozen embedding gives the decoder inputs that do not require grad; under ZeRO-3 the backward
+        # then reached a frozen layer's weights un-gathered (size-0 tensors; seen with lora: false). The
+        # embedding output requiring grad (transformers' enable_input_require_grads) keeps every layer's
+        # ZeRO-3 backward hooks in the graph; it only adds the input gradients of the frozen layers below
+        # the first trainable one, which the FLOPs count (4 per frozen weight) already assumes.
+        model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
     return model
 
 
