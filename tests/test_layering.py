@@ -1,6 +1,10 @@
-"""Dependencies point one way: cli -> pipeline -> train -> growth / data / evaluation / report -> ckpt / config
--> model (errors below everything), and no module imports itself back through others. Every import counts,
-a function-local one too: hiding an import inside a function does not remove the dependency."""
+"""Dependencies point one way: cli -> pipeline -> train -> data / evaluation / report -> config -> growth ->
+ckpt -> model (errors below everything), and no module imports itself back through others. Every import
+counts, a function-local one too: hiding an import inside a function does not remove the dependency.
+
+growth sits below config (the issue's sketch had them side by side): the recipe schema validates operator
+names and options against the operator registry, and growth never reads a recipe: its operators are pure
+functions of a model config and tensors."""
 
 from __future__ import annotations
 
@@ -17,14 +21,14 @@ LAYERS = {
     "cli": 0,
     "pipeline": 1,
     "train": 2,
-    "growth": 3,
     "data": 3,
     "evaluation": 3,
     "report": 3,
-    "ckpt": 4,
     "config": 4,
-    "model": 5,
-    "errors": 6,
+    "growth": 5,
+    "ckpt": 6,
+    "model": 7,
+    "errors": 8,
 }
 
 

@@ -25,13 +25,12 @@ A depth operator is a *plan*: one `LayerPlan` per target layer. The tensor work 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from bigtrain.errors import BigtrainError
-from bigtrain.growth.operator import DepthArgs, Operator
+from bigtrain.growth.operator import DepthArgs, LayerPlan, Operator
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.param_shapes import layer_shapes
 
@@ -39,15 +38,6 @@ STEP_INITS = ("mean", "copy", "zero")
 PLACEMENTS = ("upper", "after-each")  # where the insert operators (step, zero-depth, random-depth) put new layers
 INSERT_OPS = ("step", "zero-depth", "random-depth")
 OUTPUT_PROJECTIONS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # write into the residual stream
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    index: int
-    origin: str  # "inherited" (trained in the previous stage) | "new"
-    source_layer: int | None  # the layer copied / whose sizes it takes
-    init: str  # inherited | copy | mean | zero | identity | random
-    mean_with: int | None = None  # the upper neighbour for init "mean"
 
 
 def identity_plan(num_layers: int) -> list[LayerPlan]:

@@ -16,8 +16,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from bigtrain.growth.depth import LayerPlan
     from bigtrain.model.configuration import BigTrainConfig
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One target layer of a depth growth: where it comes from and how it starts."""
+
+    index: int
+    origin: str  # "inherited" (trained in the previous stage) | "new"
+    source_layer: int | None  # the layer copied / whose sizes it takes
+    init: str  # inherited | copy | mean | zero | identity | random
+    mean_with: int | None = None  # the upper neighbour for init "mean"
 
 # grow() keyword -> (value type, help): the operators' options beyond the target sizes. The CLI flag is
 # the keyword with '-' for '_'.

@@ -8,18 +8,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bigtrain.errors import BigtrainError
-from bigtrain.growth import block_expand, depth, dus, hypercloning, middle_stack, mixture, width
+from bigtrain.growth.block_expand import OPERATOR as BLOCK_EXPAND
+from bigtrain.growth.depth import OPERATORS as DEPTH_OPERATORS
+from bigtrain.growth.dus import OPERATOR as DUS
+from bigtrain.growth.hypercloning import OPERATOR as HYPERCLONING
+from bigtrain.growth.middle_stack import OPERATOR as MIDDLE_STACK
+from bigtrain.growth.mixture import OPERATOR as MIXTURE
 from bigtrain.growth.operator import Operator
+from bigtrain.growth.width import OPERATORS as WIDTH_OPERATORS
 
-OPERATORS = (
-    *depth.OPERATORS,
-    dus.OPERATOR,
-    block_expand.OPERATOR,
-    middle_stack.OPERATOR,
-    *width.OPERATORS,
-    mixture.OPERATOR,
-    hypercloning.OPERATOR,
-)
+OPERATORS = (*DEPTH_OPERATORS, DUS, BLOCK_EXPAND, MIDDLE_STACK, *WIDTH_OPERATORS, MIXTURE, HYPERCLONING)
 REGISTRY: dict[str, Operator] = {op.name: op for op in OPERATORS}
 DEPTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "depth")
 WIDTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "width")
