@@ -19,7 +19,7 @@ from bigtrain.data.sampler import GlobalBatchSampler
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM, kernels
 from bigtrain.model.kernels import liger_installed, resolve_kernels
-from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy, resolve_loss
+from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, mm_returns, plain_cross_entropy, resolve_loss
 from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
@@ -108,6 +108,8 @@ def test_chunked_cross_entropy_bf16_matches_plain(chunk: int) -> None:
             assert (got - want).abs().max() <= 2**-7 * want.abs().max(), name
     chunked, plain = runs["chunked"], runs["plain"]
     assert (chunked[2] - plain[2]).abs().max() <= 2**-6 * plain[2].abs().max()
+    # CPU has no fp32-returning bf16 GEMM: the bf16 result is summed in fp32 (CUDA asks mm for fp32)
+    assert not mm_returns(torch.device("cpu"), torch.bfloat16, torch.float32)
 
 
 def test_model_loss_and_grads_chunked_equal_plain(tokens: torch.Tensor) -> None:

@@ -8,6 +8,7 @@ one slice of logits ever exists and nothing is recomputed. fused: liger's Triton
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -32,6 +33,19 @@ def default_chunk_tokens(tokens: int, hidden: int, vocab: int) -> int:
     return max(256, 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / chunks)))))
 
 
+@functools.cache
+def mm_returns(device: torch.device, dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether torch.mm on `device` can return `dtype` inputs' product in `out_dtype` (CUDA, torch >= 2.9);
+    asked once per device with a tiny GEMM, so that a build without the kernel falls back, not crashes."""
+    if device.type != "cuda":
+        return False
+    try:
+        a = torch.ones(16, 16, dtype=dtype, device=device)
+        return torch.mm(a, a, out_dtype=out_dtype).dtype == out_dtype
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
 def add_weight_grad(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
     """grad_w += g^T h, grad_w in the accumulation dtype (fp32), g and h in the compute dtype. A bf16/fp16
     GEMM (tensor cores, fp32 accumulation inside) rather than an fp32 GEMM on upcast copies of g and h, which
@@ -43,7 +57,7 @@ def add_weight_grad(grad_w: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> N
         grad_w.addmm_(g.t(), h)  # fp32/fp64 model: the GEMM is already in the accumulation dtype
     elif g.dtype != h.dtype:
         grad_w.addmm_(g.t().to(grad_w.dtype), h.to(grad_w.dtype))
-    elif g.is_cuda:
+    elif mm_returns(g.device, g.dtype, grad_w.dtype):
         # addmm's out_dtype wants `input` in the compute dtype, so the fp32 sum is a separate add
         grad_w.add_(torch.mm(g.t(), h, out_dtype=grad_w.dtype))
     else:
