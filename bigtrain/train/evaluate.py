@@ -45,9 +45,10 @@ def evaluate(engine: Any, data: SequenceRange, world: World, micro: int, max_bat
         if not pad:  # every sequence has seq_len - 1 targets, so a batch's mean weighs by its sequences
             total[0] += loss.detach().double() * len(idx)  # summed on the device: no host sync per batch
             total[1] += len(idx)
-    dist.all_reduce(total)  # the evaluation's one host sync is the read below
+    dist.all_reduce(total)
+    loss_sum, sequences = total.tolist()  # the evaluation's one host sync
     engine.train()
-    if total[1] == 0:
+    if sequences == 0:
         return {}
-    mean = float(total[0] / total[1])
+    mean = loss_sum / sequences
     return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}
