@@ -19,7 +19,7 @@ from bigtrain.data.sampler import GlobalBatchSampler
 from bigtrain.errors import BigtrainError
 from bigtrain.model import BigTrainForCausalLM, kernels
 from bigtrain.model.kernels import liger_installed, resolve_kernels
-from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, plain_cross_entropy, resolve_loss
+from bigtrain.model.loss import IGNORE_INDEX, chunked_cross_entropy, mm_returns, plain_cross_entropy, resolve_loss
 from bigtrain.train.batches import DeviceBatches
 from bigtrain.train.distributed import World
 from bigtrain.train.ds_config import build_ds_config
@@ -78,6 +78,38 @@ def test_chunked_cross_entropy_equals_plain(chunk: int) -> None:
     assert_same(results[0], results[1], tol=1e-10)
     with torch.no_grad():  # evaluation: the loss alone
         assert chunked_cross_entropy(hidden, weight, targets, chunk).item() == pytest.approx(results[0][0])
+
+
+@pytest.mark.parametrize("chunk", [7, 64])
+def test_chunked_cross_entropy_bf16_matches_plain(chunk: int) -> None:
+    """In bf16 the chunked loss's GEMMs run in bf16 (fp32 accumulation; add_weight_grad): its loss and
+    gradients are as close to the float64 truth, for the same bf16 inputs, as the plain bf16 loss's."""
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 64, dtype=torch.bfloat16, requires_grad=True)
+    weight = (0.1 * torch.randn(500, 64)).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 500, (300,))
+    targets[::6] = IGNORE_INDEX
+    runs = {}
+    for name, fn, h, w in (
+        ("truth", plain_cross_entropy, hidden.detach().double(), weight.detach().double()),
+        ("plain", plain_cross_entropy, hidden, weight),
+        ("chunked", lambda h, w, y: chunked_cross_entropy(h, w, y, chunk), hidden, weight),
+    ):
+        h, w = h.detach().requires_grad_(), w.detach().requires_grad_()
+        loss = fn(h, w, targets)
+        loss.backward()
+        assert h.grad.dtype == h.dtype and w.grad.dtype == w.dtype
+        runs[name] = (loss.item(), h.grad.double(), w.grad.double())
+    truth = runs["truth"]
+    for name in ("plain", "chunked"):
+        loss, gh, gw = runs[name]
+        assert loss == pytest.approx(truth[0], rel=1e-2), name
+        for got, want in ((gh, truth[1]), (gw, truth[2])):  # bf16: 8 bits of mantissa
+            assert (got - want).abs().max() <= 2**-7 * want.abs().max(), name
+    chunked, plain = runs["chunked"], runs["plain"]
+    assert (chunked[2] - plain[2]).abs().max() <= 2**-6 * plain[2].abs().max()
+    # CPU has no fp32-returning bf16 GEMM: the bf16 result is summed in fp32 (CUDA asks mm for fp32)
+    assert not mm_returns(torch.device("cpu"), torch.bfloat16, torch.float32)
 
 
 def test_model_loss_and_grads_chunked_equal_plain(tokens: torch.Tensor) -> None:

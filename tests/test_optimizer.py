@@ -11,7 +11,7 @@ import pytest
 from bigtrain.config import Recipe
 from bigtrain.train.ds_config import build_ds_config
 from bigtrain.train.optimizer import choose_optimizer
-from tests.trainer_runs import launch, tiny_overrides
+from tests.trainer_runs import REPO, launch, run_ranks, tiny_overrides
 
 
 def zero3_config() -> dict:
@@ -66,3 +66,25 @@ def test_run_json_names_the_optimizer_and_save_final_false_skips_the_checkpoint(
     info = json.loads((forced / "run.json").read_text())
     assert info["optimizer"] == "torch.optim.adamw.AdamW" and "BIGTRAIN_TORCH_ADAM=1" in info["optimizer_reason"]
     assert list((forced / "checkpoints").glob("step_2"))  # save_final defaults to true
+
+
+@pytest.mark.slow
+def test_first_update_equals_torch_adamw(tmp_path: Path) -> None:
+    """Real one-rank engines as the trainer builds them (FusedAdam from DeepSpeed's CPU op builder, as on CUDA):
+    one step from the same init and gradients lands where torch's AdamW's first step does, at every stage and
+    precision. Stage 0 in bf16/fp16 (FP16_Optimizer, FP16_UnfusedOptimizer) took a zero-gradient Adam step in
+    deepspeed.initialize: step count 1 and a weight decay at the peak LR before the first real update (which
+    then was 0.73x AdamW's); undo_initial_adam_step undoes it."""
+    out = tmp_path / "adam.json"
+    run_ranks(REPO / "tests" / "adam_first_step_ranks.py", [str(out)], 1)
+    result = json.loads(out.read_text())
+    for name, r in result.items():
+        assert "error" not in r and not r["skipped"], (name, r)
+        assert r["steps_after_init"] == [] and r["moved_by_init"] == 0.0, (name, r)
+        assert r["steps_after_step"] in ([1], [0, 1]), (name, r)  # FusedAdam: group step 0, state step 1
+        assert r["diff_from_adamw"] < 1e-4, (name, r)  # the kernels' rounding: ~1e-5 of the update
+    initial_step = {n for n, r in result.items() if r["fixed"]}
+    assert initial_step == {"bf16-0", "bf16-0-torch", "fp16-0"}, result  # the bug this guards against
+    for name in initial_step:
+        r = result[name]
+        assert 1 in r["steps_at_init"] and r["moved_at_init"] > 0, (name, r)

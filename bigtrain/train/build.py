@@ -23,6 +23,7 @@ from bigtrain.train.checkpoint import TrainState
 from bigtrain.train.distributed import World, broadcast_object
 from bigtrain.train.fast_path import plan_engine, prepare_model, restore_fp32_rope, resumed_zero_stage
 from bigtrain.train.model_config import resolve_model_config
+from bigtrain.train.optimizer import undo_initial_adam_step
 from bigtrain.train.schedule import lr_multiplier
 from bigtrain.train.weights import initialize_weights, load_weights
 
@@ -108,6 +109,9 @@ def build(recipe: Recipe, world: World, saved: TrainState | None, resuming: bool
         lr_scheduler=lambda opt: LambdaLR(opt, lr_multiplier(t, total_steps)),
     )
     restore_fp32_rope(engine.module)  # zero.Init made the RoPE frequencies bf16
+    undone = undo_initial_adam_step(engine)  # stage 0 fp16/bf16: the first update as torch's AdamW's
+    if undone:
+        zero_choice["optimizer_reason"] += f"; undid {undone}"
     return Built(
         data, model_cfg, engine, optimizer, ds_config, zero_choice, fast_path, gbs, accum, step_flops, block_transform
     )

@@ -19,6 +19,14 @@ def held_out_count(available: int, micro: int, max_batches: int) -> int:
     return min(available, max_batches * micro)
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A plain copy from pageable memory waits for the device's queue; from pinned memory it does not
+    (PyTorch's pinned allocator keeps the buffer until the copy is done)."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
 @torch.no_grad()
 def evaluate(engine: Any, data: SequenceRange, world: World, micro: int, max_batches: int) -> dict[str, float]:
     """The first `max_batches * micro` held-out sequences (fixed, so evaluations compare), split across ranks."""
@@ -32,13 +40,15 @@ def evaluate(engine: Any, data: SequenceRange, world: World, micro: int, max_bat
     for i in range(steps):
         idx = mine[i * micro : (i + 1) * micro]
         pad = len(idx) == 0
-        batch = data.batch(idx if not pad else np.arange(1)).to(engine.device)
+        batch = to_device(data.batch(idx if not pad else np.arange(1)), engine.device)
         loss = engine(input_ids=batch, labels=batch).loss
         if not pad:  # every sequence has seq_len - 1 targets, so a batch's mean weighs by its sequences
-            total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64, device=engine.device)
+            total[0] += loss.detach().double() * len(idx)  # summed on the device: no host sync per batch
+            total[1] += len(idx)
     dist.all_reduce(total)
+    loss_sum, sequences = total.tolist()  # the evaluation's one host sync
     engine.train()
-    if total[1] == 0:
+    if sequences == 0:
         return {}
-    mean = float(total[0] / total[1])
+    mean = loss_sum / sequences
     return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 50.0))}

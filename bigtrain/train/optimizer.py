@@ -72,3 +72,38 @@ def optimizer_name(engine: Any) -> str:
     name = f"{type(basic).__module__}.{type(basic).__qualname__}"
     fused = getattr(basic, "defaults", {}).get("fused")
     return f"{name} (fused)" if fused else name
+
+
+
+def undo_initial_adam_step(engine: Any) -> str | None:
+    """Undo the Adam step DeepSpeed takes on zero gradients inside `deepspeed.initialize`; returns what it
+    undid (run.json), None where there was none.
+
+    FP16_Optimizer and FP16_UnfusedOptimizer (fp16, or bf16 at ZeRO stage 0) call the inner Adam once with
+    zero gradients to create its state. That call counts as Adam's step 1, so the first real update uses
+    step 2's bias corrections (0.73x AdamW's first update at betas 0.9/0.95), and it applies the weight
+    decay once at the peak LR (the schedule is attached after it). ZeRO stages 1-3 and BF16_Optimizer
+    create their state lazily (DeepSpeed 0.19): nothing to undo. The fp32 master copy is reset from the
+    low-precision weights it was made from (exact: nothing else has touched them) and Adam's state is
+    dropped, so that the first real step creates it as torch's AdamW does."""
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    opt = engine.optimizer
+    if isinstance(opt, FP16_Optimizer):  # flat fp32 master groups over flat low-precision groups
+        pairs = list(zip(opt.fp32_groups_flat, opt.fp16_groups_flat, strict=True))
+    elif isinstance(opt, FP16_UnfusedOptimizer):  # one fp32 master tensor per weight
+        pairs = [pq for g32, g16 in zip(opt.fp32_groups, opt.fp16_groups, strict=True) for pq in zip(g32, g16)]
+    else:
+        return None
+    basic = engine.basic_optimizer
+    steps = {int(s["step"]) for s in basic.state.values() if "step" in s}
+    if not steps - {0}:
+        return None  # no step was taken (a DeepSpeed that creates the state lazily here too)
+    with torch.no_grad():
+        for master, weights in pairs:
+            master.copy_(weights)
+    basic.state.clear()
+    for group in basic.param_groups:
+        group.pop("step", None)
+    return f"{type(opt).__name__}'s zero-gradient Adam step at deepspeed.initialize"
