@@ -196,7 +196,8 @@ def step_record(
     sampler: Any,
     info: dict[str, Any],
 ) -> dict[str, Any]:
-    """The metrics of a logging step: the interval's mean loss over every rank, LR, speed, MFU, memory."""
+    """The metrics of a logging step: its loss (the mean over every rank and micro batch of that step), LR, the
+    interval's speed and MFU, memory."""
     dist.all_reduce(loss_sum)
     loss_total = float(loss_sum)  # the host sync: the interval's device work is done
     elapsed, steps = timer.lap()
