@@ -18,6 +18,7 @@ from bigtrain.config import (
     GrowSpec,
     Recipe,
     RecipeError,
+    StageSpec,
     TrainConfig,
     check_stages,
     deep_merge,
@@ -35,7 +36,7 @@ class Stage:
     recipe: Recipe  # flat: output_dir is the stage's directory, init_from where its weights come from
     grow: GrowSpec | None
     grow_from: str | None  # what `grow` reads (the previous stage's run dir or export, or the recipe's init_from)
-    inherited_layers: int  # layers of the previous stage (0 for the first)
+    inherited_layers: int  # layers of the previous stage (a first stage: its grow source's, else 0)
     root: Path | None = None  # a staged recipe's output_dir, above the stage directories (None: a flat recipe)
 
     @property
@@ -135,11 +136,19 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
                 recipe=validate_recipe(flat, where),
                 grow=spec.grow,
                 grow_from=grow_sources[i],
-                inherited_layers=models[i - 1].num_layers if i else 0,
+                inherited_layers=models[i - 1].num_layers if i else source_layers(recipe, spec),
                 root=Path(root),
             )
         )
     return stages
+
+
+def source_layers(recipe: Recipe, spec: StageSpec) -> int:
+    """Layers a first stage inherits: none, or, when it grows its init_from, the source's (the recipe's `model:`
+    describes the source then)."""
+    if spec.grow is None:
+        return 0
+    return int(deep_merge(recipe.model.model_dump(), spec.model).get("num_layers") or 0)
 
 
 def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
