@@ -227,7 +227,7 @@ def grow_optimizer_state(
     that grew the weights, with the same seed: the same replica maps, split fractions and layer copies, so
     a copied weight gets a copy of its state and a scaled one the state scaled alike (Adam's update is
     invariant to that scale: every copy's first update is its source's). New parameters, random or zero,
-    start at zero state (the random init is scaled to zero) and Net2Net's noise is left out."""
+    start at zero state (the random init is scaled to zero); Net2Net's and HyperCloning's noise are left out."""
     _, width_op = parse_ops(op)
     if width_op == "mixture":
         raise BigtrainError("grow.optimizer: carry: mixture builds new weights from templates; use optimizer: fresh")
@@ -235,6 +235,8 @@ def grow_optimizer_state(
     quiet.initializer_range = 0.0
     if op_args.get("split") == "noise":
         op_args = {**op_args, "noise_std": 0.0}
+    if op_args.get("snr_db") is not None:  # hypercloning's +-noise: the clones' states stay plain copies
+        op_args = {**op_args, "snr_db": None}
     return grow(quiet, state, op, **op_args)
 
 
