@@ -296,9 +296,9 @@ def load_checkpoint(engine: Any, ckpt: Path, world: World) -> TrainState:
     rank-local RNG then restarts from `seed + step` on every rank (there is no rank to rank mapping)."""
     state = read_state(ckpt)
     if state.world_size != world.size:
-        from bigtrain.train.reshard import convert_on_main, load_universal
+        from bigtrain.train.reshard import convert_distributed, load_universal
 
-        udir, seconds = convert_on_main(ckpt, world, engine.train_batch_size())
+        udir, seconds = convert_distributed(ckpt, world, engine.train_batch_size())
         if world.is_main:
             how = f"converted in {seconds:.1f}s" if seconds else "converted earlier"
             print(
