@@ -12,7 +12,7 @@ import pytest
 
 from bigtrain.ckpt import manifest
 from bigtrain.ckpt.manifest import write_manifest
-from bigtrain.train.checkpoint import writer_rank
+from bigtrain.train.checkpoint import checkpoint_problem, writer_rank
 from tests.trainer_runs import launch, losses, tiny_overrides
 
 SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
@@ -85,4 +85,4 @@ def test_a_corrupted_file_is_refused_on_resume(run: tuple[Path, list[str]]) -> N
     assert expected in result.stdout.splitlines(), result.stdout[-3000:]
     assert json.loads((out / "run.json").read_text())["resumed_from"] == str(out / "checkpoints" / "step_2")
     assert losses(out)[4] == pytest.approx(before[4], rel=1e-4)  # steps 3-4 trained again, as before
-    assert (out / "checkpoints" / "step_4.failed-verification" / SHARD).is_file()
+    assert checkpoint_problem(out / "checkpoints" / "step_4") is None  # saved again, checksums and all
