@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from bigtrain.ckpt.atomic import write_text_atomic
@@ -31,16 +32,24 @@ def _files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_manifest(directory: str | Path, checksums: bool = False) -> dict:
+def relative_files(directory: str | Path) -> list[str]:
+    """The files a manifest of `directory` lists, as it names them (relative, `/`-separated)."""
+    return [p.relative_to(directory).as_posix() for p in _files(Path(directory))]
+
+
+def write_manifest(directory: str | Path, checksums: bool = False, known: Mapping[str, str] | None = None) -> dict:
     """Record every file under `directory` (relative path -> bytes [, sha256]); the manifest itself is
-    written atomically, so it is either absent or whole."""
+    written atomically, so it is either absent or whole. `known`: SHA-256s already computed (each rank
+    hashes the files it wrote, in parallel); only the files missing from it are hashed here."""
     directory = Path(directory)
+    known = known or {}
     files = {}
     for p in _files(directory):
+        name = p.relative_to(directory).as_posix()
         entry: dict[str, object] = {"bytes": p.stat().st_size}
         if checksums:
-            entry["sha256"] = sha256(p)
-        files[p.relative_to(directory).as_posix()] = entry
+            entry["sha256"] = known.get(name) or sha256(p)
+        files[name] = entry
     manifest = {"format": FORMAT, "checksums": checksums, "files": files}
     write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=1))
     return manifest

@@ -2,7 +2,8 @@
 
 Layout: `output_dir/checkpoints/step_<N>/` holds DeepSpeed's files (every rank's ZeRO shards), the
 model `config.json`, `rng/rank_<r>.pt`, `bigtrain_state.json` and, written last, `manifest.json`
-(files and sizes, checksums with `train.checkpoint_checksums`). A save goes to a hidden
+(files and sizes, checksums with `train.checkpoint_checksums`, each rank hashing the files it wrote
+itself). A save goes to a hidden
 `.tmp-step_<N>` directory that is renamed once every rank has finished and the manifest checks out,
 `latest` moves after that, and old checkpoints are pruned only then; a crash or a failed write at any
 point leaves the previous checkpoint usable. Only directories holding `bigtrain_state.json` count as
@@ -28,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.ckpt.atomic import write_text_atomic
-from bigtrain.ckpt.manifest import MANIFEST, has_manifest, manifest_problem, write_manifest
+from bigtrain.ckpt.manifest import MANIFEST, has_manifest, manifest_problem, relative_files, sha256, write_manifest
 from bigtrain.config import TrainConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.distributed import World, barrier, broadcast_object
@@ -36,6 +37,8 @@ from bigtrain.train.distributed import World, barrier, broadcast_object
 STATE_FILE = "bigtrain_state.json"
 LATEST = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+# a rank's own files: DeepSpeed's ZeRO shards (`[bf16_]zero_pp_rank_<r>_mp_rank_00_*.pt`), bigtrain's RNG state
+RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_|^rng/rank_(\d+)\.pt$")
 
 
 @dataclass
@@ -202,12 +205,28 @@ def _describe(e: BaseException, where: Path) -> str:
     return f"write failed: {text} ({free >> 20} MiB free on {where})"
 
 
-def _all_errors(error: str | None) -> list[str]:
+def writer_rank(name: str, world_size: int) -> int:
+    """The rank that writes the checkpoint file `name` (relative to the checkpoint): a rank's ZeRO shards
+    and RNG state are its own; the rest (DeepSpeed's unpartitioned model states and recovery script,
+    bigtrain's config and state) rank 0's."""
+    m = RANK_FILE.search(name)
+    rank = int(m.group(1) or m.group(2)) if m else 0
+    return rank if rank < world_size else 0
+
+
+def own_checksums(directory: Path, world: World) -> dict[str, str]:
+    """SHA-256 of the files this rank wrote into `directory`: every rank reads back its own share at once
+    (likely still in its page cache, on its own node), instead of rank 0 reading the whole checkpoint."""
+    return {n: sha256(directory / n) for n in relative_files(directory) if writer_rank(n, world.size) == world.rank}
+
+
+def _gather(value: Any) -> list[Any]:
+    """Every rank's `value`, on every rank."""
     if not dist.is_initialized():
-        return [error] if error else []
-    gathered: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, error)
-    return [e for e in gathered if e]
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def save_checkpoint(
@@ -219,8 +238,9 @@ def save_checkpoint(
     train: TrainConfig,
     can_retry: bool = True,
 ) -> Path | None:
-    """Save `state` as `checkpoints/step_<N>`: every rank writes into `.tmp-step_<N>`, rank 0 adds the
-    config, state and (last) the manifest, checks it, renames the directory into place, moves `latest`
+    """Save `state` as `checkpoints/step_<N>`: every rank writes into `.tmp-step_<N>` (and, with
+    `train.checkpoint_checksums`, hashes what it wrote), rank 0 adds the config, state and (last) the
+    manifest with every rank's checksums, checks it, renames the directory into place, moves `latest`
     and only then prunes. A failed save (no space, an I/O error on any rank) removes the partial copy
     and leaves the previous checkpoint and `latest` as they were; then `train.save_failure` decides:
     `stop` raises one line, `retry` warns, returns None and the next interval tries again (the final
@@ -235,12 +255,15 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
     barrier()
     error = None
+    sums: dict[str, str] = {}
     in_deepspeed = True
     try:
         engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"bigtrain": asdict(state)}, save_latest=False)
         in_deepspeed = False
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rng" / f"rank_{world.rank}.pt")
+        if train.checkpoint_checksums:
+            sums = own_checksums(tmp, world)
     except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
         error = f"rank {world.rank}: {_describe(e, root)}"
         if in_deepspeed:
@@ -249,14 +272,15 @@ def save_checkpoint(
             if hasattr(engine.optimizer, "checkpoint_event_epilogue"):
                 engine.optimizer.checkpoint_event_epilogue()
             barrier()
-    errors = _all_errors(error)
-    outcome = errors[0] if errors else None
+    gathered = _gather((error, sums))
+    outcome = next((e for e, _ in gathered if e), None)
+    checksums = {name: digest for _, part in gathered for name, digest in part.items()}
     if world.is_main:
         if outcome is None:
             try:
                 model_config.save_pretrained(tmp)
                 (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-                write_manifest(tmp, checksums=train.checkpoint_checksums)
+                write_manifest(tmp, checksums=train.checkpoint_checksums, known=checksums)
                 problem = checkpoint_problem(tmp, checksums=False)
                 if problem:
                     raise OSError(problem)
@@ -296,9 +320,9 @@ def load_checkpoint(engine: Any, ckpt: Path, world: World) -> TrainState:
     rank-local RNG then restarts from `seed + step` on every rank (there is no rank to rank mapping)."""
     state = read_state(ckpt)
     if state.world_size != world.size:
-        from bigtrain.train.reshard import convert_on_main, load_universal
+        from bigtrain.train.reshard import convert_distributed, load_universal
 
-        udir, seconds = convert_on_main(ckpt, world, engine.train_batch_size())
+        udir, seconds = convert_distributed(ckpt, world, engine.train_batch_size())
         if world.is_main:
             how = f"converted in {seconds:.1f}s" if seconds else "converted earlier"
             print(

@@ -3,11 +3,15 @@ load it into the partitions of an engine of any size.
 
 A ZeRO-3 checkpoint is per rank: each `*_optim_states.pt` holds that rank's slice of every trainable
 parameter's fp32 master and Adam moments, each `*_model_states.pt` its slice of the frozen parameters
-(STEP stages). DeepSpeed loads it only on the world size that saved it. `convert` gathers every
-parameter whole, in DeepSpeed's universal-checkpoint layout (`universal/zero/<name>/{fp32,exp_avg,
+(STEP stages). DeepSpeed loads it only on the world size that saved it. `convert_distributed` gathers
+every parameter whole, in DeepSpeed's universal-checkpoint layout (`universal/zero/<name>/{fp32,exp_avg,
 exp_avg_sq}.pt`, each `{"param": tensor}`), next to the original (`step_N/universal/`, written to a
 hidden directory and renamed, so it is done once and atomically); `load_universal` cuts each rank's
 partition out of it, as `DeepSpeedZeroOptimizer_Stage3.load_hp_checkpoint_state` does.
+
+The conversion is spread over the ranks of the new run: each writes a disjoint share of the files,
+balanced by bytes, so at 8B on 64 ranks no rank reads and writes ~96 GB while 63 wait in a collective
+that can time out (issue 21); the files are the same whoever writes them.
 
 Why not DeepSpeed's own `ds_to_universal` + `load_universal`: its ZeRO-3 loader restores only the
 trainable groups (STEP's frozen base weights and their partitions are not in it) and copies the
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from bigtrain.ckpt.zero3 import FP32, MODEL_GLOB, Zero3Checkpoint, _load
 from bigtrain.errors import BigtrainError
@@ -34,6 +39,7 @@ from bigtrain.train.distributed import World, barrier, broadcast_object
 UNIVERSAL = "universal"
 META = "universal.json"  # written last: a `universal/` directory without it is not complete
 MOMENTS = ("exp_avg", "exp_avg_sq")
+TMP = f".tmp-{UNIVERSAL}"  # every rank writes its share here; renamed to UNIVERSAL once complete
 
 
 def universal_dir(ckpt: Path) -> Path:
@@ -44,29 +50,70 @@ def is_converted(ckpt: Path) -> bool:
     return (universal_dir(ckpt) / META).is_file()
 
 
+PROGRESS_SECONDS = 30.0  # how often rank 0 logs how far its share of a conversion is
+
+
 def convert(ckpt: Path) -> tuple[Path, float]:
-    """Write `ckpt/universal/` (once; reused when already there). Returns it and the seconds spent."""
-    out = universal_dir(ckpt)
+    """Write `ckpt/universal/` in this process alone (once; reused when already there). Returns it and the
+    seconds spent."""
+    return convert_distributed(ckpt, World(0, 0, 1))
+
+
+def tensor_bytes(src: Zero3Checkpoint, name: str) -> int:
+    return 4 * math.prod(src.shapes[name])  # every tensor of the universal layout is fp32
+
+
+def conversion_units(src: Zero3Checkpoint) -> list[tuple[str, str]]:
+    """Every (parameter, key) file of the universal layout: each one tensor, written by one rank."""
+    return [(name, key) for name in src.shapes for key in ((FP32,) if src.is_frozen(name) else (FP32, *MOMENTS))]
+
+
+def shares(src: Zero3Checkpoint, size: int) -> list[list[tuple[str, str]]]:
+    """The files each of `size` ranks writes, balanced by bytes: largest first onto the least loaded rank
+    (ties: the lower rank). A pure function of the checkpoint, so every rank computes the same plan without
+    a collective; one file per unit (not per parameter) so an embedding's three tensors land on three ranks."""
+    load = [0] * size
+    out: list[list[tuple[str, str]]] = [[] for _ in range(size)]
+    for unit in sorted(conversion_units(src), key=lambda u: (-tensor_bytes(src, u[0]), u)):
+        r = min(range(size), key=lambda i: (load[i], i))
+        out[r].append(unit)
+        load[r] += tensor_bytes(src, unit[0])
+    return out
+
+
+def convert_share(src: Zero3Checkpoint, units: list[tuple[str, str]], tmp: Path, log: bool = False) -> None:
+    """Gather and write `units` (this rank's share) into the hidden directory `tmp`."""
+    total = sum(tensor_bytes(src, name) for name, _ in units)
+    done, last = 0, time.perf_counter()
+    for name, key in units:
+        (tmp / "zero" / name).mkdir(parents=True, exist_ok=True)  # a parameter's keys may be on other ranks
+        torch.save({"param": src.read(name, key)}, tmp / "zero" / name / f"{key}.pt")
+        done += tensor_bytes(src, name)
+        if log and time.perf_counter() - last > PROGRESS_SECONDS:
+            last = time.perf_counter()
+            print(f"bigtrain: converting {src.dir.name}: rank 0 wrote {done >> 20} of {total >> 20} MiB", flush=True)
+
+
+def _begin(ckpt: Path, world: World, batch: int | None) -> bool:
+    """Rank 0, before anything is written: check the global batch; False when already converted, else clear
+    the debris of a conversion that crashed."""
+    if batch is not None:
+        check_global_batch(ckpt, batch, world)
     if is_converted(ckpt):
-        return out, 0.0
-    start = time.perf_counter()
-    src = Zero3Checkpoint(ckpt)
+        return False
+    shutil.rmtree(ckpt / TMP, ignore_errors=True)
+    (ckpt / TMP / "zero").mkdir(parents=True)
+    return True
+
+
+def _finish(ckpt: Path, src: Zero3Checkpoint) -> None:
+    """Rank 0, once every rank's share is written: the optimizer state, then `META` (last) and the rename."""
+    tmp, out = ckpt / TMP, universal_dir(ckpt)
     osd = _load(src.optim_files[0])["optimizer_state_dict"]
     base = osd["optimizer_state_dict"]
-    if not base.get("state"):
-        raise BigtrainError(f"{ckpt}: the checkpoint holds no optimizer state (saved before the first step)")
     step = base["state"][0]["step"]
     groups = [{k: v for k, v in g.items() if k != "params"} for g in base["param_groups"]]
-    model_states = _load(sorted(ckpt.glob(MODEL_GLOB))[0])
-    tmp = ckpt / f".tmp-{UNIVERSAL}"
-    shutil.rmtree(tmp, ignore_errors=True)  # debris of a conversion that crashed
-    params: dict[str, dict[str, Any]] = {}
-    for name in src.shapes:
-        keys = (FP32,) if src.is_frozen(name) else (FP32, *MOMENTS)
-        (tmp / "zero" / name).mkdir(parents=True)
-        for key in keys:
-            torch.save({"param": src.read(name, key)}, tmp / "zero" / name / f"{key}.pt")
-        params[name] = {"shape": list(src.shapes[name]), "frozen": src.is_frozen(name)}
+    model_states = _load(src.model_files[0])
     torch.save(
         {"step": step, "param_groups": groups, "lr_scheduler": model_states.get("lr_scheduler")},
         tmp / "optimizer_state.pt",
@@ -77,12 +124,36 @@ def convert(ckpt: Path) -> tuple[Path, float]:
         "global_steps": model_states.get("global_steps"),
         "global_samples": model_states.get("global_samples"),
         "skipped_steps": model_states.get("skipped_steps"),
-        "params": params,
+        "params": {name: {"shape": list(src.shapes[name]), "frozen": src.is_frozen(name)} for name in src.shapes},
     }
     (tmp / META).write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)  # an incomplete one (no META): the rename below replaces it
     os.replace(tmp, out)
-    return out, time.perf_counter() - start
+
+
+def _open(ckpt: Path) -> Zero3Checkpoint:
+    src = Zero3Checkpoint(ckpt)
+    src.adam_step()  # "holds no optimizer state (saved before the first step)" before anything is written
+    return src
+
+
+def _failure(ckpt: Path, world: World, e: Exception) -> str:
+    if isinstance(e, BigtrainError):
+        return str(e)
+    return f"{ckpt}: converting for {world.size} ranks failed on rank {world.rank} ({e})"
+
+
+def _from_main(world: World, value: Any) -> Any:
+    return broadcast_object(value) if dist.is_initialized() and world.size > 1 else value
+
+
+def _first_error(world: World, error: str | None) -> str | None:
+    """The first rank's failure, on every rank (the all-gather is also the barrier after the shares)."""
+    if not (dist.is_initialized() and world.size > 1):
+        return error
+    errors: list[str | None] = [None] * world.size
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
 
 
 def check_global_batch(ckpt: Path, batch: int, world: World) -> None:
@@ -96,22 +167,43 @@ def check_global_batch(ckpt: Path, batch: int, world: World) -> None:
         )
 
 
-def convert_on_main(ckpt: Path, world: World, batch: int) -> tuple[Path, float]:
-    """Rank 0 checks the global batch (before writing anything) and converts, the others wait; a failure on
-    rank 0 (bad input, a full disk) stops every rank with its message instead of leaving them waiting."""
-    result: Any = None
+def convert_distributed(ckpt: Path, world: World, batch: int | None = None) -> tuple[Path, float]:
+    """Convert `ckpt` once, spread over every rank of `world`: rank 0 checks the global batch (`batch`;
+    before anything is written) and clears the hidden `.tmp-universal`, each rank writes its share of the
+    tensors into it (`shares`), and once all have, rank 0 writes the metadata and renames it into place.
+    A failure on any rank (bad input, a full disk) stops every rank with its message and removes the
+    hidden copy; the original is untouched, nothing half-written is ever renamed, and the next start
+    converts again. Returns the directory and the seconds spent."""
+    start = time.perf_counter()
+    begun: tuple[bool, str | None] = (False, None)
     if world.is_main:
         try:
-            check_global_batch(ckpt, batch, world)
-            result = convert(ckpt)
-        except BigtrainError as e:
-            result = str(e)
-        except OSError as e:  # the original is untouched; the partial `.tmp-universal` is redone next time
-            result = f"{ckpt}: converting for {world.size} ranks failed ({e})"
-    result = broadcast_object(result)
-    if isinstance(result, str):
-        raise BigtrainError(result)
-    return Path(result[0]), float(result[1])
+            begun = (_begin(ckpt, world, batch), None)
+        except (BigtrainError, OSError) as e:
+            begun = (False, _failure(ckpt, world, e))
+    go, error = _from_main(world, begun)
+    if error:
+        raise BigtrainError(error)
+    if not go:
+        return universal_dir(ckpt), 0.0
+    try:
+        src = _open(ckpt)
+        convert_share(src, shares(src, world.size)[world.rank], ckpt / TMP, log=world.is_main)
+    except (BigtrainError, OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        error = _failure(ckpt, world, e)
+    error = _first_error(world, error)
+    if world.is_main:
+        if error is None:
+            try:
+                _finish(ckpt, src)
+            except (BigtrainError, OSError, RuntimeError) as e:
+                error = _failure(ckpt, world, e)
+        if error:
+            shutil.rmtree(ckpt / TMP, ignore_errors=True)  # free the space; a later start converts again
+    error = _from_main(world, error)
+    if error:
+        raise BigtrainError(error)
+    return universal_dir(ckpt), time.perf_counter() - start
 
 
 def rank_partition(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -10,6 +10,14 @@ real trainer (`bigtrain/train.py`, launched as `bigtrain-run` does) on the demo 
 3. rerun a hard-linked copy of 1. with `max_steps=2` on 1 rank (conversion + load).
 `resume_s` in run.json is the time `load_checkpoint` took (conversion included); the conversion alone is
 what the trainer logs. The checkpoint's size on disk is reported too.
+
+The conversion alone, spread over N ranks (issue 21), instead of 2. and 3.:
+
+    .venv/bin/python tools/bench/bench_reshard.py --work /tmp/bench_reshard --convert-ranks 1,2 --repeat 3
+
+converts hard-linked copies of 1. with `reshard.convert_distributed` on each number of ranks (torchrun,
+gloo; 1: plain python), `--repeat` times each, and reports the median of rank 0's seconds (from its start
+to the rename; process start-up excluded) and of the wall time of the whole launch.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -106,11 +115,52 @@ def launch(overrides: list[str], ranks: int) -> str:
     return result.stdout
 
 
+def convert_worker(ckpt: Path) -> None:
+    """One rank of a conversion launched by `time_conversion`: rank 0 prints its seconds."""
+    from bigtrain.train.distributed import init_distributed
+    from bigtrain.train.reshard import convert_distributed
+
+    world = init_distributed()
+    _, seconds = convert_distributed(ckpt, world)
+    if world.is_main:
+        print(f"convert_s {seconds:.4f}", flush=True)
+
+
+def time_conversion(ckpt: Path, work: Path, ranks: int, repeat: int) -> dict[str, float]:
+    """Median seconds of `repeat` conversions of fresh hard-linked copies of `ckpt` on `ranks` ranks."""
+    inner, wall = [], []
+    for i in range(repeat):
+        copy = work / f"convert{ranks}-{i}" / ckpt.name
+        copy.parent.mkdir(parents=True)
+        subprocess.run(["cp", "-al", str(ckpt), str(copy)], check=True)
+        me = [str(Path(__file__).resolve()), "--convert-worker", str(copy)]
+        cmd = [sys.executable, *me] if ranks == 1 else [str(Path(sys.executable).parent / "torchrun"),
+                                                        "--standalone", f"--nproc_per_node={ranks}", *me]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        start = time.perf_counter()
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        wall.append(time.perf_counter() - start)
+        m = re.search(r"convert_s ([0-9.]+)", result.stdout)
+        if result.returncode != 0 or not m:
+            sys.exit(f"bench_reshard: conversion on {ranks} ranks failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        inner.append(float(m.group(1)))
+        shutil.rmtree(copy.parent)
+    return {"convert_s": round(statistics.median(inner), 3), "launch_wall_s": round(statistics.median(wall), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, required=True, help="scratch directory (removed first)")
+    ap.add_argument("--work", type=Path, help="scratch directory (removed first)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    ap.add_argument("--convert-ranks", default="", help="e.g. 1,2: time the conversion alone on each number of ranks")
+    ap.add_argument("--repeat", type=int, default=3, help="conversions per number of ranks (--convert-ranks)")
+    ap.add_argument("--convert-worker", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.convert_worker:
+        convert_worker(a.convert_worker)
+        return
+    if a.work is None:
+        ap.error("--work is required")
     shutil.rmtree(a.work, ignore_errors=True)
     data = REPO / "data"
     cache = a.work / "cache"
@@ -130,6 +180,11 @@ def main() -> None:
     (moved / "checkpoints").mkdir(parents=True)
     subprocess.run(["cp", "-al", str(ckpt), str(moved / "checkpoints" / "step_1")], check=True)
     (moved / "checkpoints" / "latest").write_text("step_1")
+    if a.convert_ranks:
+        timed = {n: time_conversion(ckpt, a.work, int(n), a.repeat) for n in a.convert_ranks.split(",")}
+        print(json.dumps({"preset": a.preset, "params": params, "checkpoint_bytes": size, "repeat": a.repeat,
+                          "convert_on_ranks": timed}, indent=2))
+        return
 
     launch(overrides(saved, 2), ranks=2)
     same = json.loads((saved / "run.json").read_text())["resume_s"]
