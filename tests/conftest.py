@@ -15,7 +15,11 @@ DATA = REPO / "data"
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
     """data/ with shakespeare/{train,eval}/*.txt and tokenizer/ (fetched once by tools/fetch_demo_data.py)."""
-    needed = (DATA / "tokenizer" / "tokenizer.json", DATA / "tokenizer-4k" / "tokenizer.json", DATA / "shakespeare" / ".done")
+    needed = (
+        DATA / "tokenizer" / "tokenizer.json",
+        DATA / "tokenizer-4k" / "tokenizer.json",
+        DATA / "shakespeare" / ".done",
+    )
     if not all(p.exists() for p in needed):
         subprocess.run([sys.executable, str(REPO / "tools" / "fetch_demo_data.py"), str(DATA)], check=True)
     return DATA

@@ -24,14 +24,23 @@ def test_cpu_preset_runs_and_losses_agree(demo_data: Path, tmp_path: Path) -> No
     cmd = [sys.executable, str(BENCH), "--preset", "cpu", "--steps", "1", "--warmup", "1", "--runners", runners]
     proc = subprocess.run(
         [*cmd, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "peers.json").read_text())
     rows = {r["runner"]: r for r in result["runs"]}
     assert sorted(rows) == ["bigtrain", "hf_deepspeed", "torch_compile", "torch_eager"]
     assert "CUDA" in result["skipped"]["hf_deepspeed_liger"]  # no GPU here: skipped with its reason
-    assert result["params"] == rows["bigtrain"]["params"] == rows["hf_deepspeed"]["params"] == rows["torch_eager"]["params"]
+    assert (
+        result["params"]
+        == rows["bigtrain"]["params"]
+        == rows["hf_deepspeed"]["params"]
+        == rows["torch_eager"]["params"]
+    )
     assert result["flops_per_token"]["palm"] > result["flops_per_token"]["bigtrain"] > 0
     for r in rows.values():
         assert len(r["losses"]) == 2 and r["timed_steps"] == 1
@@ -46,7 +55,10 @@ def test_cpu_preset_runs_and_losses_agree(demo_data: Path, tmp_path: Path) -> No
 def test_unknown_runner_is_one_clear_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--runners", "bigtrain,megatron", "--work", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --runners: unknown runner 'megatron'")

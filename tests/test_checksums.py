@@ -52,8 +52,14 @@ def test_manifest_takes_the_ranks_checksums_and_hashes_only_the_rest(
 def run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A finished 4-step 2-rank run with checksums: checkpoints step_2 and step_4."""
     root = tmp_path_factory.mktemp("checksums")
-    values = {"train.max_steps": 4, "train.save_every": 2, "train.eval_every": 0, "train.keep_last": 2,
-              "train.checkpoint_checksums": True, "train.export": False}
+    values = {
+        "train.max_steps": 4,
+        "train.save_every": 2,
+        "train.eval_every": 0,
+        "train.keep_last": 2,
+        "train.checkpoint_checksums": True,
+        "train.export": False,
+    }
     overrides = tiny_overrides(demo_data, root / "run", root / "cache", **values)
     launch(overrides, ranks=2)
     return root / "run", overrides
@@ -62,7 +68,9 @@ def run(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 def test_manifest_checksums_equal_sha256_of_every_file(run: tuple[Path, list[str]]) -> None:
     ckpt = run[0] / "checkpoints" / "step_4"
     listed = json.loads((ckpt / "manifest.json").read_text())["files"]
-    on_disk = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file() and p.name != "manifest.json")
+    on_disk = sorted(
+        p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     assert sorted(listed) == on_disk
     for name, entry in listed.items():
         assert entry["sha256"] == hashlib.sha256((ckpt / name).read_bytes()).hexdigest(), name

@@ -157,9 +157,13 @@ def test_sampler_order_is_an_epoch_permutation_equal_on_1_and_2_ranks() -> None:
         assert np.array_equal(shares(s, batch, 1, 2), shares(s, batch, 2, 2))
         assert np.array_equal(shares(s, batch, 2, 1), s.global_batch_indices(batch))
     flat = np.concatenate([s.global_batch_indices(b) for b in range(25)])
-    assert np.array_equal(np.sort(flat[:100]), np.arange(100)) and np.array_equal(np.sort(flat[100:200]), np.arange(100))
+    assert np.array_equal(np.sort(flat[:100]), np.arange(100)) and np.array_equal(
+        np.sort(flat[100:200]), np.arange(100)
+    )
     assert not np.array_equal(flat[:100], flat[100:200])  # reshuffled per epoch
-    assert np.array_equal(flat, np.concatenate([GlobalBatchSampler(100, 8, 3).global_batch_indices(b) for b in range(25)]))
+    assert np.array_equal(
+        flat, np.concatenate([GlobalBatchSampler(100, 8, 3).global_batch_indices(b) for b in range(25)])
+    )
     assert not np.array_equal(GlobalBatchSampler(100, 8, 4).global_batch_indices(0), flat[:8])
     m = MixtureSampler([60, 40], [3, 1], ["a", "b"], 8, 3)
     for batch in (0, 7, 30):

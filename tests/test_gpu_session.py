@@ -13,10 +13,19 @@ from tests.trainer_runs import REPO
 
 
 def dry(tmp_path: Path, *sections: str, deadline: int = 540) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "SCRATCH": str(tmp_path / "scratch"), "DEADLINE_S": str(deadline)}
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path / "out"),
+        "SCRATCH": str(tmp_path / "scratch"),
+        "DEADLINE_S": str(deadline),
+    }
     return subprocess.run(
         ["bash", "tools/gpu/run_gpu_checks.sh", "--dry", *sections],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -35,7 +44,11 @@ def test_a_short_deadline_skips_what_cannot_fit(tmp_path: Path) -> None:
     result = dry(tmp_path, "install", "env", "profile", "bench", deadline=200)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "=== env (at 60s" in result.stdout and "=== profile: SKIPPED" in result.stdout
-    skipped = [line.split("\t")[0] for line in (tmp_path / "out" / "summary.tsv").read_text().splitlines() if "\tskipped\t" in line]
+    skipped = [
+        line.split("\t")[0]
+        for line in (tmp_path / "out" / "summary.tsv").read_text().splitlines()
+        if "\tskipped\t" in line
+    ]
     assert skipped == ["profile", "bench", "bench_hf"]
 
 
@@ -58,7 +71,9 @@ def test_carried_wheels_need_nothing_the_image_lacks(tmp_path: Path) -> None:
     kinds.write_text("nvidia-h200: their image holds these. Packages: numpy, torch, packaging.\n")
     wheels = tmp_path / "whl"
     wheels.mkdir()
-    fake_wheel(wheels, "deepspeed", "torch", "numpy>=1", "hjson", "pytest; extra == 'dev'", "pywin32; sys_platform == 'win32'")
+    fake_wheel(
+        wheels, "deepspeed", "torch", "numpy>=1", "hjson", "pytest; extra == 'dev'", "pywin32; sys_platform == 'win32'"
+    )
     fake_wheel(wheels, "hjson")
     cmd = [sys.executable, "tools/gpu/check_wheels.py", "--wheels", str(wheels), "--kinds", str(kinds)]
     ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -121,7 +121,13 @@ def test_hypercloning_checkpoint_with_depth_verifies(tmp_path):
     cfg = tiny_config(**SMALL)
     random_model(cfg).save_pretrained(tmp_path / "src")
     rec = grow_checkpoint(
-        tmp_path / "src", tmp_path / "out", op="block-expand+hypercloning", layers=4, hidden=128, snr_db=5.0, verify=True
+        tmp_path / "src",
+        tmp_path / "out",
+        op="block-expand+hypercloning",
+        layers=4,
+        hidden=128,
+        snr_db=5.0,
+        verify=True,
     )
     assert rec.function_preserving and rec.verify["passed"] and rec.args["snr_db"] == 5.0
 

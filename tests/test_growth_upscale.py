@@ -148,7 +148,11 @@ def test_middle_stack_duplicates_the_middle_block_in_place(L, N, block):
 def test_middle_stack_errors():
     cfg = tiny_config(num_hidden_layers=4, **SMALL)
     sd = state_dict(random_model(cfg))
-    for kw, msg in [({"layers": 7, "block": 2}, "not a multiple"), ({"layers": 7}, "must be in"), ({}, "needs --layers")]:
+    for kw, msg in [
+        ({"layers": 7, "block": 2}, "not a multiple"),
+        ({"layers": 7}, "must be in"),
+        ({}, "needs --layers"),
+    ]:
         with pytest.raises(BigtrainError, match=msg):
             grow(cfg, sd, "middle-stack", **kw)
     with pytest.raises(BigtrainError, match="--block applies to middle-stack only"):
@@ -163,7 +167,9 @@ def test_depth_up_scaling_composes_with_width():
     assert g.record.function_preserving and diff <= 1e-4 * max(1.0, scale)
 
 
-@pytest.mark.parametrize(("name", "layers"), [("dus-demo", [4, 6]), ("block-expand-demo", [4, 6]), ("midas-demo", [4, 6, 8])])
+@pytest.mark.parametrize(
+    ("name", "layers"), [("dus-demo", [4, 6]), ("block-expand-demo", [4, 6]), ("midas-demo", [4, 6, 8])]
+)
 def test_upscale_recipes_load(name, layers):
     from bigtrain.config import load_recipe
     from bigtrain.pipeline.stages import resolve_stages

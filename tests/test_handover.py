@@ -25,8 +25,15 @@ def trained(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained 3 bf16 steps on one rank: its run directory (checkpoints/latest)."""
     root = tmp_path_factory.mktemp("handover")
     run = root / "small"
-    launch(tiny_overrides(demo_data, run, root / "cache", **{"train.max_steps": 3, "train.precision": "bf16",
-                                                               "train.eval_every": 0, "train.export": False}), 1)
+    launch(
+        tiny_overrides(
+            demo_data,
+            run,
+            root / "cache",
+            **{"train.max_steps": 3, "train.precision": "bf16", "train.eval_every": 0, "train.export": False},
+        ),
+        1,
+    )
     return run
 
 

@@ -180,7 +180,9 @@ def test_tokens_to_target_is_exact_on_a_constructed_curve(tmp_path: Path) -> Non
     assert grown["flops_to_target"] == 2500.0 * 8.0 and grown["baseline_flops_to_target"] == 4000.0 * 10.0
     assert grown["token_saving_pct"] == pytest.approx(37.5) and grown["flops_saving_pct"] == pytest.approx(50.0)
     # at the grown run's final 3.2e4 FLOPs the baseline is between 3e4 (4.5) and 4e4 (4.0): 4.4
-    assert grown["baseline_loss_at_equal_flops"] == pytest.approx(4.4) and grown["loss_gain_at_equal_flops"] == pytest.approx(1.4)
+    assert grown["baseline_loss_at_equal_flops"] == pytest.approx(4.4) and grown[
+        "loss_gain_at_equal_flops"
+    ] == pytest.approx(1.4)
     silent = next(e for e in report["runs"] if e["name"] == "silent")
     assert silent["final_eval_loss"] is None and silent["vs_baseline"]["note"] == "silent has no eval points"
     md = (out / "report.md").read_text()
@@ -192,15 +194,25 @@ def test_saving_is_read_off_a_frontier_of_complete_baselines(tmp_path: Path) -> 
     assert frontier_cost([(1e4, 5.0), (4e4, 4.0)], 4.5) == pytest.approx(2e4)  # halfway in log FLOPs
     assert frontier_cost([(1e4, 5.0), (4e4, 4.0)], 3.9) is None and frontier_cost([(1e4, 5.0), (4e4, 4.0)], 5.1) is None
     # four budgets, the cheapest with two seeds (mean 5.1); every baseline a complete run ending at its point
-    for name, step, loss in [("base-a-seed1", 10, 5.0), ("base-a-seed2", 10, 5.2), ("base-b", 20, 4.5),
-                             ("base-c", 40, 4.0), ("base-d", 80, 3.6)]:
+    for name, step, loss in [
+        ("base-a-seed1", 10, 5.0),
+        ("base-a-seed2", 10, 5.2),
+        ("base-b", 20, 4.5),
+        ("base-c", 40, 4.0),
+        ("base-d", 80, 3.6),
+    ]:
         write_run(tmp_path / name, [(step, loss)], flops_per_token=10.0, tokens_per_step=100)
     write_run(tmp_path / "grown", [(10, 5.0), (30, 4.25)], flops_per_token=8.0, tokens_per_step=100)
     out = tmp_path / "rep"
     frontier = [tmp_path / n for n in ("base-a-seed1", "base-a-seed2", "base-b", "base-c", "base-d")]
     cli("bigtrain.cli.report", tmp_path / "grown", "--frontier", *frontier, "--out", out)
     report = json.loads((out / "report.json").read_text())
-    assert [(p["budget"], p["seeds"]) for p in report["frontier"]] == [("base-a", 2), ("base-b", 1), ("base-c", 1), ("base-d", 1)]
+    assert [(p["budget"], p["seeds"]) for p in report["frontier"]] == [
+        ("base-a", 2),
+        ("base-b", 1),
+        ("base-c", 1),
+        ("base-d", 1),
+    ]
     assert report["frontier"][0]["loss"] == pytest.approx(5.1)
     grown = next(e for e in report["runs"] if e["name"] == "grown")["vs_frontier"]
     needed = math.sqrt(2e4 * 4e4)  # 4.25 lies halfway between base-b (4.5) and base-c (4.0)

@@ -255,7 +255,9 @@ def test_pipeline_scope_is_one_schedule_over_every_stage(tmp_path: Path, schedul
     from bigtrain.config import TrainConfig
     from bigtrain.train.schedule import lr_multiplier
 
-    head = f"train: {{lr: 1.0e-3, warmup_steps: 5, schedule: {schedule}, decay_fraction: 0.2, schedule_scope: pipeline}}\n"
+    head = (
+        f"train: {{lr: 1.0e-3, warmup_steps: 5, schedule: {schedule}, decay_fraction: 0.2, schedule_scope: pipeline}}\n"
+    )
     path = write(tmp_path, PIPELINE.replace("REWARM", "0"), head)
     stages = resolve_stages(load_recipe(path), source=str(path))
     one_run = TrainConfig(max_steps=60, warmup_steps=5, schedule=schedule, decay_fraction=0.2)
@@ -297,7 +299,11 @@ def test_a_small_model_on_a_longer_schedule_is_not_annealed() -> None:
 
 def test_pipeline_scope_needs_fixed_stage_lengths(tmp_path: Path) -> None:
     head = "train: {lr: 1.0e-3, schedule_scope: pipeline}\n"
-    path = write(tmp_path, "  - name: s1\n    train: {max_steps: null, tokens: 1000}\n  - name: s2\n    grow: {op: stack, layers: 4}\n", head)
+    path = write(
+        tmp_path,
+        "  - name: s1\n    train: {max_steps: null, tokens: 1000}\n  - name: s2\n    grow: {op: stack, layers: 4}\n",
+        head,
+    )
     with pytest.raises(RecipeError, match="schedule_scope: pipeline needs every stage's length fixed"):
         resolve_stages(load_recipe(path), source=str(path))
 

@@ -57,7 +57,9 @@ def launch(overrides: list[str], ranks: int, recipe: Path | None = None, check: 
         return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **popen)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

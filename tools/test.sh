@@ -28,6 +28,7 @@ if [ "${BIGTRAIN_NO_SLURM:-0}" != 1 ]; then
   eval "$(bash tools/slurm-cluster.sh env)"
 fi
 .venv/bin/ruff check bigtrain tests tools
+.venv/bin/ruff format --check bigtrain tests tools
 # not exec: the EXIT trap must run after pytest; `set -e` passes pytest's exit status on
 .venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile \
   --durations 25 ${args[@]+"${args[@]}"}

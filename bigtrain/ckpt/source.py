@@ -113,7 +113,9 @@ class CheckpointSource(Mapping[str, torch.Tensor]):
     def optimizer_state(self, key: str) -> OptimizerState:
         """The optimizer's per-parameter state `key` (`exp_avg`, `exp_avg_sq`) as a mapping like this one."""
         if self.zero3 is None:
-            raise BigtrainError(f"{self.path}: an {self.kind} checkpoint holds no optimizer state (a training checkpoint does)")
+            raise BigtrainError(
+                f"{self.path}: an {self.kind} checkpoint holds no optimizer state (a training checkpoint does)"
+            )
         return OptimizerState(self, key)
 
     @property

@@ -14,7 +14,39 @@ from bigtrain.config.step import MLP_PROJECTIONS, PROJECTIONS, StepConfig
 from bigtrain.config.train import DownstreamConfig, EvalAfterGrowth, TrainConfig
 from bigtrain.errors import RecipeError
 
-__all__ = ['DEPTH_OPS', 'GROW_SIZES', 'HANDOVER_FIELDS', 'MLP_PROJECTIONS', 'PROJECTIONS', 'SIZE_FIELDS', 'WIDTH_OPS', 'DataConfig', 'DownstreamConfig', 'EvalAfterGrowth', 'GrowSpec', 'LayoutConfig', 'ModelSpec', 'Recipe', 'RecipeError', 'Section', 'SourceConfig', 'StageSpec', 'StepConfig', 'TrainConfig', 'check_model', 'check_stages', 'deep_merge', 'describe_stage_error', 'describe_validation_error', 'dump_recipe', 'load_recipe', 'parse_overrides', 'read_yaml', 'stage_section', 'validate_recipe']
+__all__ = [
+    "DEPTH_OPS",
+    "GROW_SIZES",
+    "HANDOVER_FIELDS",
+    "MLP_PROJECTIONS",
+    "PROJECTIONS",
+    "SIZE_FIELDS",
+    "WIDTH_OPS",
+    "DataConfig",
+    "DownstreamConfig",
+    "EvalAfterGrowth",
+    "GrowSpec",
+    "LayoutConfig",
+    "ModelSpec",
+    "Recipe",
+    "RecipeError",
+    "Section",
+    "SourceConfig",
+    "StageSpec",
+    "StepConfig",
+    "TrainConfig",
+    "check_model",
+    "check_stages",
+    "deep_merge",
+    "describe_stage_error",
+    "describe_validation_error",
+    "dump_recipe",
+    "load_recipe",
+    "parse_overrides",
+    "read_yaml",
+    "stage_section",
+    "validate_recipe",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -44,7 +44,9 @@ class TrainConfig(Section):
     schedule_scope: Literal["stage", "pipeline"] = "stage"
     schedule_steps: int | None = Field(default=None, ge=1)
     schedule_start: int = Field(default=0, ge=0)
-    rewarm_steps: int = Field(default=0, ge=0)  # after a growth: a linear re-warm to the schedule's LR (grow.rewarm_steps)
+    rewarm_steps: int = Field(
+        default=0, ge=0
+    )  # after a growth: a linear re-warm to the schedule's LR (grow.rewarm_steps)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8

@@ -91,9 +91,7 @@ def saved_order(saved: dict | None) -> str:
 
 
 class GlobalBatchSampler:
-    def __init__(
-        self, num_sequences: int, global_batch: int, seed: int, start: int = 0, order: str = FEISTEL
-    ) -> None:
+    def __init__(self, num_sequences: int, global_batch: int, seed: int, start: int = 0, order: str = FEISTEL) -> None:
         if num_sequences < global_batch:
             raise BigtrainError(
                 f"the training data has {num_sequences} sequences, fewer than one global batch of {global_batch}"

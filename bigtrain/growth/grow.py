@@ -192,7 +192,19 @@ def grow(
     """Phases: plan (operators, target config), record, produce (lazily, tensor by tensor)."""
     generator = seeded(seed)
     plan = make_plan(
-        cfg, op, generator, layers, hidden, ffn, heads, kv_heads, init, split, split_spread, noise_std, placement,
+        cfg,
+        op,
+        generator,
+        layers,
+        hidden,
+        ffn,
+        heads,
+        kv_heads,
+        init,
+        split,
+        split_spread,
+        noise_std,
+        placement,
         {"drop": drop, "block": block, "snr_db": snr_db},
     )
     args = {
@@ -305,7 +317,13 @@ def make_plan(
             ctx.split, ctx.split_spread, ctx.noise_std = split, spread, sigma
             if split == "asymmetric":
                 ctx.hidden_split = split_fractions(ctx.hidden, generator("hidden.split"), spread)
-    plan = depth_layers(wide, DepthArgs(depth_op, layers, init, placement or "upper", extra.get("drop"), extra.get("block"))) if depth_op else None
+    plan = (
+        depth_layers(
+            wide, DepthArgs(depth_op, layers, init, placement or "upper", extra.get("drop"), extra.get("block"))
+        )
+        if depth_op
+        else None
+    )
     plan = plan or identity_plan(cfg.num_hidden_layers)
     ffn_sizes, q_heads, kv = grown_layer_sizes(wide, plan)
     out = _resized(

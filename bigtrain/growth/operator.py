@@ -29,6 +29,7 @@ class LayerPlan:
     init: str  # inherited | copy | mean | zero | identity | random
     mean_with: int | None = None  # the upper neighbour for init "mean"
 
+
 # grow() keyword -> (value type, help): the operators' options beyond the target sizes. The CLI flag is
 # the keyword with '-' for '_'.
 OPTIONS: dict[str, tuple[type, str]] = {

@@ -67,6 +67,7 @@ class Architecture(Protocol):
     tie_embeddings: bool
     layout: LayoutOptions
 
+
 SCALING_SCHEMES = ("lws", "framed", "reverse", "crown")
 # OpenELM's multipliers (beta 0.5 -> 4.0, alpha 0.5 -> 1.0); reverse runs them backwards, crown peaks mid-depth.
 DEFAULT_MULTS: dict[str, tuple[list[float], list[float]]] = {

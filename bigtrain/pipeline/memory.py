@@ -130,7 +130,12 @@ def model_tensors(
     """Every parameter tensor (LoRA ones included for a STEP stage), with whether it trains."""
     inherited = set(inherited)
     tensors = [
-        Tensor(name, math.prod(shape), step is None or trainable_in_step(name, inherited, step), name.removesuffix(".weight"))
+        Tensor(
+            name,
+            math.prod(shape),
+            step is None or trainable_in_step(name, inherited, step),
+            name.removesuffix(".weight"),
+        )
         for name, shape in expected_shapes(cfg).items()
     ]
     if step is not None:

@@ -163,8 +163,10 @@ def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
     where = f"stage {spec.name!r}: grow.source: checkpoint"
     if prev.step is not None:
         if spec.grow.optimizer == "carry":
-            raise RecipeError(f"{where}: stage {prev.name!r} is a STEP stage; its LoRA state cannot be carried "
-                              "(grow.optimizer: fresh, or grow.source: export)")
+            raise RecipeError(
+                f"{where}: stage {prev.name!r} is a STEP stage; its LoRA state cannot be carried "
+                "(grow.optimizer: fresh, or grow.source: export)"
+            )
         return origin
     if prev.train.get("save_final", recipe.train.model_dump().get("save_final", True)) is False:
         raise RecipeError(f"{where}: stage {prev.name!r} has train.save_final: false (no last checkpoint)")

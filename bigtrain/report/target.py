@@ -30,7 +30,11 @@ def value_at(costs: Sequence[float], losses: Sequence[float], cost: float) -> fl
     for i in range(1, len(costs)):
         c0, c1 = costs[i - 1], costs[i]
         if c0 <= cost <= c1:
-            return float(losses[i - 1] + (cost - c0) / (c1 - c0) * (losses[i] - losses[i - 1])) if c1 > c0 else float(losses[i])
+            return (
+                float(losses[i - 1] + (cost - c0) / (c1 - c0) * (losses[i] - losses[i - 1]))
+                if c1 > c0
+                else float(losses[i])
+            )
     return float(losses[0]) if len(costs) == 1 and costs[0] == cost else None
 
 

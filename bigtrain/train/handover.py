@@ -41,7 +41,9 @@ def load_handover(engine: Any, init_dir: str | Path, world: World) -> dict[str, 
     opt = engine.optimizer
     if not hasattr(opt, "fp32_partitioned_groups_flat"):
         if carried is not None:
-            raise BigtrainError(f"{init_dir}: a carried optimizer state (grow.optimizer: carry) needs train.zero_stage=3")
+            raise BigtrainError(
+                f"{init_dir}: a carried optimizer state (grow.optimizer: carry) needs train.zero_stage=3"
+            )
         return {"masters": "from the module weights", "optimizer": "fresh"}
     weights = open_checkpoint(init_dir)
     moments = {key: open_checkpoint(carried / key) for key in MOMENTS} if carried else {}

@@ -55,7 +55,9 @@ def train(recipe: Recipe, world: World | None = None, preemption: PreemptionFlag
 
     run = build(recipe, world, saved, ckpt is not None, total_steps)
     resume_start = time.perf_counter()
-    state = load_checkpoint(run.engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=recipe.train.seed)
+    state = (
+        load_checkpoint(run.engine, ckpt, world) if ckpt else TrainState(world_size=world.size, seed=recipe.train.seed)
+    )
     resume_s = time.perf_counter() - resume_start  # incl. a conversion to another world size (reshard.py)
     # a fresh start from given weights: fp32 masters (and a carried Adam state) straight from the checkpoint
     handover = load_handover(run.engine, recipe.init_from, world) if recipe.init_from and not ckpt else None

@@ -74,7 +74,6 @@ def optimizer_name(engine: Any) -> str:
     return f"{name} (fused)" if fused else name
 
 
-
 def undo_initial_adam_step(engine: Any) -> str | None:
     """Undo the Adam step DeepSpeed takes on zero gradients inside `deepspeed.initialize`; returns what it
     undid (run.json), None where there was none.

@@ -142,7 +142,10 @@ def memory() -> dict[str, int | None]:
             "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
             "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
         }
-    return {"peak_allocated_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_reserved_bytes": None}
+    return {
+        "peak_allocated_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_reserved_bytes": None,
+    }
 
 
 def sync() -> None:
@@ -233,7 +236,12 @@ def hf_ds_config(stage: int) -> dict[str, Any]:
     without its `optimizer` block: with one, DeepSpeed's optimizer gets every parameter in one group
     (weight decay on norms and embeddings too); without, the Trainer builds its own optimizer from
     its parameter groups, which `SameGroupsTrainer` makes bigtrain's (the docs' "HF optimizer" case)."""
-    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True, "reduce_bucket_size": "auto"}
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
     if stage == 3:
         zero |= {
             "sub_group_size": 1e9,
@@ -391,7 +399,11 @@ def run_torch(spec: dict[str, Any], compiled: bool) -> dict[str, Any]:
         "step_times_s": times,
         "memory": memory(),
         "params": params,
-        "settings": {"fused_adamw": fused, "compiled": compiled, "weights": "fp32" + (" + autocast bf16" if bf16 else "")},
+        "settings": {
+            "fused_adamw": fused,
+            "compiled": compiled,
+            "weights": "fp32" + (" + autocast bf16" if bf16 else ""),
+        },
     }
 
 
@@ -432,7 +444,9 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def summarise(name: str, raw: dict[str, Any], spec: dict[str, Any], flops: dict[str, float], peak: Any) -> dict[str, Any]:
+def summarise(
+    name: str, raw: dict[str, Any], spec: dict[str, Any], flops: dict[str, float], peak: Any
+) -> dict[str, Any]:
     from bigtrain.train.metrics import mfu
 
     timed = raw["step_times_s"][spec["warmup"] :]
@@ -520,7 +534,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
     p.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {','.join(RUNNERS)}")
-    p.add_argument("--peer-zero-stage", type=int, choices=(0, 1, 2, 3), default=3, help="ZeRO stage of the HF Trainer peer")
+    p.add_argument(
+        "--peer-zero-stage", type=int, choices=(0, 1, 2, 3), default=3, help="ZeRO stage of the HF Trainer peer"
+    )
     p.add_argument("--micro-batch", type=int, default=None, help="override the preset's micro batch")
     p.add_argument("--global-batch", type=int, default=None, help="override the preset's global batch")
     p.add_argument("--bigtrain", action="append", default=[], metavar="KEY=VALUE", help="extra bigtrain override")
@@ -546,7 +562,9 @@ def main() -> int:
         print(f"error: --runners: unknown runner {unknown[0]!r} (known: {', '.join(RUNNERS)})", file=sys.stderr)
         return 2
     if args.steps < 1 or args.warmup < 0:
-        print(f"error: --steps {args.steps} / --warmup {args.warmup}: need >= 1 timed step, >= 0 warm-up", file=sys.stderr)
+        print(
+            f"error: --steps {args.steps} / --warmup {args.warmup}: need >= 1 timed step, >= 0 warm-up", file=sys.stderr
+        )
         return 2
     ps = PRESETS[args.preset]
     micro, gbs = args.micro_batch or ps.micro_batch, args.global_batch or ps.global_batch
@@ -582,7 +600,11 @@ def main() -> int:
         "bigtrain_overrides": args.bigtrain,
     }
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     rows, skipped, failed = [], {}, {}
     for name in runners:
         why = skip_reason(name)
@@ -592,7 +614,16 @@ def main() -> int:
         result_path = work / f"result_{name}.json"
         print(f"bench_peers: {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        cmd = [sys.executable, __file__, "--worker", name, "--spec", str(work / "spec.json"), "--result", str(result_path)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--spec",
+            str(work / "spec.json"),
+            "--result",
+            str(result_path),
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env)
         if proc.returncode != 0 or not result_path.exists():
             failed[name] = f"exit {proc.returncode}"

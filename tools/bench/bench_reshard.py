@@ -134,15 +134,20 @@ def time_conversion(ckpt: Path, work: Path, ranks: int, repeat: int) -> dict[str
         copy.parent.mkdir(parents=True)
         subprocess.run(["cp", "-al", str(ckpt), str(copy)], check=True)
         me = [str(Path(__file__).resolve()), "--convert-worker", str(copy)]
-        cmd = [sys.executable, *me] if ranks == 1 else [str(Path(sys.executable).parent / "torchrun"),
-                                                        "--standalone", f"--nproc_per_node={ranks}", *me]
+        cmd = (
+            [sys.executable, *me]
+            if ranks == 1
+            else [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", *me]
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
         result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         wall.append(time.perf_counter() - start)
         m = re.search(r"convert_s ([0-9.]+)", result.stdout)
         if result.returncode != 0 or not m:
-            sys.exit(f"bench_reshard: conversion on {ranks} ranks failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            sys.exit(
+                f"bench_reshard: conversion on {ranks} ranks failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
         inner.append(float(m.group(1)))
         shutil.rmtree(copy.parent)
     return {"convert_s": round(statistics.median(inner), 3), "launch_wall_s": round(statistics.median(wall), 2)}
@@ -182,8 +187,18 @@ def main() -> None:
     (moved / "checkpoints" / "latest").write_text("step_1")
     if a.convert_ranks:
         timed = {n: time_conversion(ckpt, a.work, int(n), a.repeat) for n in a.convert_ranks.split(",")}
-        print(json.dumps({"preset": a.preset, "params": params, "checkpoint_bytes": size, "repeat": a.repeat,
-                          "convert_on_ranks": timed}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "preset": a.preset,
+                    "params": params,
+                    "checkpoint_bytes": size,
+                    "repeat": a.repeat,
+                    "convert_on_ranks": timed,
+                },
+                indent=2,
+            )
+        )
         return
 
     launch(overrides(saved, 2), ranks=2)

@@ -33,7 +33,9 @@ def wheel_requirements(wheel: Path) -> tuple[str, list[Requirement]]:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         text = z.read(meta).decode()
     name = re.search(r"^Name: (.+)$", text, re.M).group(1).strip()  # type: ignore[union-attr]
-    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    reqs = [
+        Requirement(line.split(":", 1)[1].strip()) for line in text.splitlines() if line.startswith("Requires-Dist:")
+    ]
     return canonicalize_name(name), reqs
 
 
@@ -70,7 +72,9 @@ def main() -> int:
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if not problems:
-        print(f"check_wheels: every requirement of {len(list(args.wheels.glob('*.whl')))} wheels is carried or in the image")
+        print(
+            f"check_wheels: every requirement of {len(list(args.wheels.glob('*.whl')))} wheels is carried or in the image"
+        )
     return 1 if problems else 0
 
 

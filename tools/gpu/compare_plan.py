@@ -37,7 +37,15 @@ def main() -> int:
         reserved = mem.get("peak_reserved_bytes")
         state = sum(mem.get(k, 0) for k in ("param_bytes", "grad_bytes", "optimizer_state_bytes"))
         err = (st["peak_bytes"] - measured) / measured if measured else None
-        rows.append({"stage": st["name"], "predicted": st["peak_bytes"], "measured": measured, "reserved": reserved, "error": err})
+        rows.append(
+            {
+                "stage": st["name"],
+                "predicted": st["peak_bytes"],
+                "measured": measured,
+                "reserved": reserved,
+                "error": err,
+            }
+        )
         lines.append(
             f"| {st['name']} | {st['peak_bytes'] / GIB:.2f} | {measured / GIB:.2f} | {100 * err:+.1f}% | "
             f"{(reserved or 0) / GIB:.2f} | {st['state_bytes'] / GIB:.2f} / {state / GIB:.2f} |"

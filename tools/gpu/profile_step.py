@@ -54,13 +54,24 @@ def main() -> int:
     total = args.wait + 1 + args.active + 1
     from bigtrain.cli.train import main as train_main
 
-    overrides = [f"train.max_steps={total}", "train.log_every=1", "train.export=false", "train.progress=false", *args.overrides]
+    overrides = [
+        f"train.max_steps={total}",
+        "train.log_every=1",
+        "train.export=false",
+        "train.progress=false",
+        *args.overrides,
+    ]
     with prof:
         rc = train_main(["--recipe", str(REPO / "recipes" / "demo.yaml"), *overrides])
     events = prof.key_averages()
-    device_key = next(
-        (k for k in ("self_device_time_total", "self_cuda_time_total") if hasattr(events[0], k)), "self_cpu_time_total"
-    ) if events else "self_cpu_time_total"
+    device_key = (
+        next(
+            (k for k in ("self_device_time_total", "self_cuda_time_total") if hasattr(events[0], k)),
+            "self_cpu_time_total",
+        )
+        if events
+        else "self_cpu_time_total"
+    )
     sort_key = device_key if torch.cuda.is_available() else "self_cpu_time_total"
     tables = [f"sorted by {sort_key} over {args.active} steps", events.table(sort_by=sort_key, row_limit=args.rows)]
     if torch.cuda.is_available():
