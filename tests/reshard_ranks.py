@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from bigtrain.errors import BigtrainError
 from bigtrain.train import reshard
@@ -39,6 +40,10 @@ def main() -> None:
     finally:
         reshard.torch.save = real_save  # type: ignore[assignment]
     (out / f"rank_{world.rank}.txt").write_text(line)
+    # leave together and close the group: a rank exiting with gloo's threads alive can abort
+    # ("terminate called without an active exception", seen once in the full suite)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

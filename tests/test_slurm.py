@@ -326,7 +326,9 @@ def test_pipeline_second_stage_starts_from_grown_first(cluster: None, demo_data:
     assert Path(stage_recipe["init_from"]).resolve() == grown.resolve()
     assert Path(json.loads((pipe / "s2" / "run.json").read_text())["init_from"]).resolve() == grown.resolve()
     growth = json.loads((grown / "growth.json").read_text())
-    assert Path(growth["source"]["path"]).resolve() == (pipe / "s1" / "hf").resolve(), growth["source"]
+    # the hand-over: s1's last training checkpoint (its fp32 masters), not its export
+    assert Path(growth["source"]["path"]).resolve() == (pipe / "s1").resolve(), growth["source"]
+    assert growth["source"]["kind"] == "zero3", growth["source"]
     assert json.loads((pipe / "s1" / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
     assert json.loads((pipe / "s2" / "hf" / "config.json").read_text())["num_hidden_layers"] == 3
     assert all(math.isfinite(r["loss"]) for r in train_records(pipe / "s2"))
