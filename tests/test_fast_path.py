@@ -145,6 +145,7 @@ def test_kernels_and_loss_resolve_by_one_rule(monkeypatch: pytest.MonkeyPatch, c
     assert resolve_kernels("auto") == ("liger" if both else "torch")
     assert resolve_loss("auto") == ("fused" if both else "chunked")
     assert resolve_kernels("torch") == "torch" and resolve_loss("plain") == "plain"
+    assert resolve_kernels("auto", compiled=True) == "torch"  # liger's Triton functions would split the graph
     for resolve, key, liger, other in (
         (resolve_kernels, "train.kernels", "liger", "torch"),
         (resolve_loss, "train.loss", "fused", "chunked"),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from bigtrain.config.base import Section
+from bigtrain.config.base import Section, partial
 from bigtrain.config.data import DataConfig
 from bigtrain.config.grow import GrowSpec
 from bigtrain.config.model import ModelSpec
@@ -15,17 +15,21 @@ from bigtrain.config.step import StepConfig
 from bigtrain.config.train import TrainConfig
 from bigtrain.errors import RecipeError
 
+PartialModelSpec = partial(ModelSpec)
+PartialTrainConfig = partial(TrainConfig)
+PartialDataConfig = partial(DataConfig)
+
 
 class StageSpec(Section):
     """One stage of a staged recipe: a flat training run that starts from the previous stage grown."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # First stage: partial overrides of the recipe's `model:`. Later stages: sizes come from `grow:`.
-    model: dict[str, Any] = Field(default_factory=dict)
+    model: PartialModelSpec = Field(default_factory=lambda: PartialModelSpec())
     grow: GrowSpec | None = None
     step: StepConfig | None = None
-    train: dict[str, Any] = Field(default_factory=dict)  # partial overrides of the recipe's `train:`
-    data: dict[str, Any] = Field(default_factory=dict)  # partial overrides of the recipe's `data:`
+    train: PartialTrainConfig = Field(default_factory=lambda: PartialTrainConfig())  # over the recipe's `train:`
+    data: PartialDataConfig = Field(default_factory=lambda: PartialDataConfig())  # over the recipe's `data:`
     # Max LR: a number, "by-size" (first stage's LR x (P_first / P_this)^lr_size_exponent, P = non-embedding
     # parameters), or None (the stage's train.lr).
     lr: float | Literal["by-size"] | None = None

@@ -24,7 +24,10 @@ def describe_stage_error(err: ValidationError, data: dict[str, Any], source: str
     entry = (data.get("stages") or [None] * (loc[1] + 1))[loc[1]]
     name = entry.get("name") if isinstance(entry, dict) else None
     where = f"{source}: stage {name!r}" if name else f"{source}: stage #{loc[1] + 1}"
-    return describe_validation_error(ValidationError.from_exception_data(err.title, [_relocated(err, 2)]), where)
+    drop = 2
+    if len(loc) > 3 and loc[2] in ("model", "train", "data"):  # a key of a stage's section: named like the section's
+        where, drop = f"{where}: {loc[2]}", 3
+    return describe_validation_error(ValidationError.from_exception_data(err.title, [_relocated(err, drop)]), where)
 
 
 def _relocated(err: ValidationError, drop: int) -> Any:
@@ -60,11 +63,12 @@ def _stage_model(recipe: Recipe, i: int, prev: ModelSpec | None, where: str) -> 
     stage = recipe.stages[i]  # type: ignore[index]
     if prev is None:
         base = recipe.model.model_dump()
-        data = deep_merge(base, stage.model)
+        data = deep_merge(base, stage.model.model_dump())
         if stage.grow is not None:
             data = deep_merge(data, stage.grow.sizes())
     else:
-        sized = {k: v for k, v in stage.model.items() if k in SIZE_FIELDS}
+        given = stage.model.model_dump()
+        sized = {k: v for k, v in given.items() if k in SIZE_FIELDS}
         grown = deep_merge(prev.model_dump(), stage.grow.sizes() if stage.grow else {})
         for key, value in sized.items():
             if grown.get(key) != value:
@@ -73,7 +77,7 @@ def _stage_model(recipe: Recipe, i: int, prev: ModelSpec | None, where: str) -> 
                     f"{where}: model.{key}={value} has no model source (previous stage has "
                     f"{prev.model_dump().get(key)}, {how})"
                 )
-        data = deep_merge(grown, stage.model)
+        data = deep_merge(grown, given)
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as e:
@@ -132,7 +136,7 @@ def stage_section(recipe: Recipe, stage: StageSpec, name: str, forced: dict[str,
     (command-line overrides) over both. The one place a stage's settings are merged (here for validation at
     load, in `bigtrain.pipeline.stages` for the flat recipe it runs)."""
     base = getattr(recipe, name).model_dump(mode="json")
-    return deep_merge(deep_merge(base, getattr(stage, name)), forced or {})
+    return deep_merge(deep_merge(base, getattr(stage, name).model_dump(mode="json")), forced or {})
 
 
 def _check_stage_sections(recipe: Recipe, stage: StageSpec, where: str) -> None:

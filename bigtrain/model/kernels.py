@@ -80,8 +80,12 @@ def resolve_liger(key: str, choice: str, choices: tuple[str, ...], liger: str, f
     return choice
 
 
-def resolve_kernels(choice: str) -> str:
-    """auto: liger on CUDA when installed, else torch."""
+def resolve_kernels(choice: str, compiled: bool = False) -> str:
+    """auto: liger on CUDA when installed, else torch; under torch.compile torch: liger's Triton autograd
+    functions are opaque to Dynamo and split every decoder layer's graph, while inductor fuses the torch
+    elementwise ops itself. `liger` asked for explicitly stays liger."""
+    if choice == "auto" and compiled:
+        return "torch"
     return resolve_liger("train.kernels", choice, ("liger", "torch"), liger="liger", fallback="torch")
 
 

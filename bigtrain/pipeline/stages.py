@@ -148,7 +148,7 @@ def source_layers(recipe: Recipe, spec: StageSpec) -> int:
     describes the source then)."""
     if spec.grow is None:
         return 0
-    return int(deep_merge(recipe.model.model_dump(), spec.model).get("num_layers") or 0)
+    return int(deep_merge(recipe.model.model_dump(), spec.model.model_dump()).get("num_layers") or 0)
 
 
 def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
@@ -168,7 +168,7 @@ def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
                 "(grow.optimizer: fresh, or grow.source: export)"
             )
         return origin
-    if prev.train.get("save_final", recipe.train.model_dump().get("save_final", True)) is False:
+    if stage_section(recipe, prev, "train").get("save_final") is False:
         raise RecipeError(f"{where}: stage {prev.name!r} has train.save_final: false (no last checkpoint)")
     return str(stage_dir(recipe.output_dir, prev.name))
 

@@ -247,52 +247,17 @@ def save_checkpoint(
     save and a save on a signal always stop, nothing comes after them)."""
     root = checkpoint_root(output_dir)
     tag = f"step_{state.step}"
-    tmp_tag = f".tmp-{tag}"
-    tmp = root / tmp_tag
-    final = root / tag
+    tmp, final = root / f".tmp-{tag}", root / tag
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of an earlier crash mid-save
         root.mkdir(parents=True, exist_ok=True)
     barrier()
-    error = None
-    sums: dict[str, str] = {}
-    in_deepspeed = True
-    try:
-        engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"bigtrain": asdict(state)}, save_latest=False)
-        in_deepspeed = False
-        (tmp / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), tmp / "rng" / f"rank_{world.rank}.pt")
-        if train.checkpoint_checksums:
-            sums = own_checksums(tmp, world)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
-        error = f"rank {world.rank}: {_describe(e, root)}"
-        if in_deepspeed:
-            # DeepSpeed's writes come after all its collectives but two, which a failed write skips: ZeRO-3's
-            # re-gather of persistent parameters and the closing barrier. Meet the ranks that did write there.
-            if hasattr(engine.optimizer, "checkpoint_event_epilogue"):
-                engine.optimizer.checkpoint_event_epilogue()
-            barrier()
-    gathered = _gather((error, sums))
+    gathered = _gather(_write_shards(engine, root, tmp, state, world, train))
     outcome = next((e for e, _ in gathered if e), None)
     checksums = {name: digest for _, part in gathered for name, digest in part.items()}
     if world.is_main:
         if outcome is None:
-            try:
-                model_config.save_pretrained(tmp)
-                (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-                write_manifest(tmp, checksums=train.checkpoint_checksums, known=checksums)
-                problem = checkpoint_problem(tmp, checksums=False)
-                if problem:
-                    raise OSError(problem)
-                if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-                    if checkpoint_problem(final, checksums=False) is None:
-                        shutil.rmtree(final)
-                    else:
-                        print(f"bigtrain: {final} fails verification; moved to {_set_aside(final).name}")
-                os.replace(tmp, final)
-                write_text_atomic(root / LATEST, tag)
-            except (OSError, RuntimeError) as e:
-                outcome = f"rank 0: {_describe(e, root)}"
+            outcome = _publish(tmp, final, state, model_config, train, checksums)
         if outcome is None:
             prune_checkpoints(root, train.keep_last)
         else:
@@ -300,6 +265,63 @@ def save_checkpoint(
     outcome = broadcast_object(outcome) if dist.is_initialized() else outcome
     if outcome is None:
         return final
+    return _after_failure(outcome, root, final, state, world, train, can_retry)
+
+
+def _write_shards(
+    engine: Any, root: Path, tmp: Path, state: TrainState, world: World, train: TrainConfig
+) -> tuple[str | None, dict[str, str]]:
+    """Every rank: DeepSpeed's shards and this rank's RNG state into `tmp` (and their checksums).
+    Returns (this rank's error, its checksums)."""
+    sums: dict[str, str] = {}
+    in_deepspeed = True
+    try:
+        engine.save_checkpoint(str(root), tag=tmp.name, client_state={"bigtrain": asdict(state)}, save_latest=False)
+        in_deepspeed = False
+        (tmp / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / "rng" / f"rank_{world.rank}.pt")
+        if train.checkpoint_checksums:
+            sums = own_checksums(tmp, world)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as RuntimeError
+        if in_deepspeed:
+            # DeepSpeed's writes come after all its collectives but two, which a failed write skips: ZeRO-3's
+            # re-gather of persistent parameters and the closing barrier. Meet the ranks that did write there.
+            if hasattr(engine.optimizer, "checkpoint_event_epilogue"):
+                engine.optimizer.checkpoint_event_epilogue()
+            barrier()
+        return f"rank {world.rank}: {_describe(e, root)}", sums
+    return None, sums
+
+
+def _publish(
+    tmp: Path, final: Path, state: TrainState, model_config: Any, train: TrainConfig, checksums: dict[str, str]
+) -> str | None:
+    """Rank 0, every rank's shards written: config, state and (last) the manifest, checked; then the rename
+    into place and `latest`. Returns the error, if any."""
+    root = final.parent
+    try:
+        model_config.save_pretrained(tmp)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        write_manifest(tmp, checksums=train.checkpoint_checksums, known=checksums)
+        problem = checkpoint_problem(tmp, checksums=False)
+        if problem:
+            raise OSError(problem)
+        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+            if checkpoint_problem(final, checksums=False) is None:
+                shutil.rmtree(final)
+            else:
+                print(f"bigtrain: {final} fails verification; moved to {_set_aside(final).name}")
+        os.replace(tmp, final)
+        write_text_atomic(root / LATEST, final.name)
+    except (OSError, RuntimeError) as e:
+        return f"rank 0: {_describe(e, root)}"
+    return None
+
+
+def _after_failure(
+    outcome: str, root: Path, final: Path, state: TrainState, world: World, train: TrainConfig, can_retry: bool
+) -> None:
+    """`train.save_failure`: `retry` warns and returns (the next interval tries again), `stop` raises."""
     try:
         previous = newest_checkpoint(root, checksums=False)
     except BigtrainError:

@@ -54,7 +54,7 @@ def decoder_layers(model: torch.nn.Module) -> list[DecoderLayer]:
 def prepare_model(model: torch.nn.Module, recipe: Recipe, zero3: bool) -> dict[str, Any]:
     """Before deepspeed.initialize (after STEP's LoRA, if any); returns what run.json records."""
     t = recipe.train
-    kernels, loss = resolve_kernels(t.kernels), resolve_loss(t.loss)
+    kernels, loss = resolve_kernels(t.kernels, compiled=t.compile), resolve_loss(t.loss)
     lm = next(m for m in model.modules() if isinstance(m, BigTrainForCausalLM))
     lm.select_kernels(kernels)
     lm.select_loss(loss)

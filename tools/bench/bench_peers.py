@@ -606,6 +606,32 @@ def main() -> int:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     rows, skipped, failed = [], {}, {}
+
+    def report() -> dict:
+        """peers.json and peers.md from the runners finished so far: a killed session keeps them."""
+        result = {
+            "preset": args.preset,
+            "preset_shape": asdict(ps),
+            "device": rows[0]["device"] if rows else device_name(),
+            "params": total_params(cfg),
+            "seq_len": ps.seq_len,
+            "micro_batch": micro,
+            "global_batch": gbs,
+            "precision": spec["precision"],
+            "warmup": args.warmup,
+            "timed_steps": args.steps,
+            "flops_per_token": flops,
+            "peak_tflops": peak.tflops if peak else None,
+            "peak_device": peak.device if peak else None,
+            "load_average": os.getloadavg(),
+            "runs": rows,
+            "skipped": skipped | {k: f"failed: {v}" for k, v in failed.items()},
+            "loss_check": loss_check(rows, ps.vocab, spec["precision"]) if rows else {"ok": False},
+        }
+        (out / "peers.json").write_text(json.dumps(result, indent=2))
+        (out / "peers.md").write_text(markdown(result) if rows else "no runner finished\n")
+        return result
+
     for name in runners:
         why = skip_reason(name)
         if why:
@@ -628,33 +654,14 @@ def main() -> int:
         if proc.returncode != 0 or not result_path.exists():
             failed[name] = f"exit {proc.returncode}"
             print(f"bench_peers: {name} failed (exit {proc.returncode})", file=sys.stderr)
+            report()
             continue
         row = summarise(name, json.loads(result_path.read_text()), spec, flops, peak)
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
-    result = {
-        "preset": args.preset,
-        "preset_shape": asdict(ps),
-        "device": rows[0]["device"] if rows else device_name(),
-        "params": total_params(cfg),
-        "seq_len": ps.seq_len,
-        "micro_batch": micro,
-        "global_batch": gbs,
-        "precision": spec["precision"],
-        "warmup": args.warmup,
-        "timed_steps": args.steps,
-        "flops_per_token": flops,
-        "peak_tflops": peak.tflops if peak else None,
-        "peak_device": peak.device if peak else None,
-        "load_average": os.getloadavg(),
-        "runs": rows,
-        "skipped": skipped | {k: f"failed: {v}" for k, v in failed.items()},
-        "loss_check": loss_check(rows, ps.vocab, spec["precision"]) if rows else {"ok": False},
-    }
-    (out / "peers.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result) if rows else "no runner finished\n"
-    (out / "peers.md").write_text(table)
-    print(table)
+        report()
+    result = report()
+    print((out / "peers.md").read_text())
     if tmp is not None:
         tmp.cleanup()
     return 0 if rows and not failed and result["loss_check"]["ok"] else 1
