@@ -19,7 +19,9 @@ def file_times(xml: Path) -> dict[str, float]:
     """Seconds per test file: the sum of its test cases' times (setup and teardown included)."""
     times: dict[str, float] = defaultdict(float)
     for case in ET.parse(xml).getroot().iter("testcase"):
-        name = case.get("file") or case.get("classname", "").replace(".", "/").rsplit("/", 1)[0] + ".py"
+        parts = (case.get("classname") or "").split(".")  # tests.test_x[.TestClass]
+        module = next((i for i, part in enumerate(parts) if part.startswith("test_")), len(parts) - 1)
+        name = case.get("file") or "/".join(parts[: module + 1]) + ".py"
         times[name] += float(case.get("time") or 0.0)
     return dict(times)
 

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         if is_main:
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:
+        if "bigtrain.train.distributed" in sys.modules:  # a process group may exist: close it before exit
+            sys.modules["bigtrain.train.distributed"].shutdown_distributed()
     return EXIT_PREEMPTED if result.get("status") == "preempted" else 0
 
 

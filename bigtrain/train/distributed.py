@@ -74,6 +74,14 @@ def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     return World(dist.get_rank(), local_rank, dist.get_world_size())
 
 
+def shutdown_distributed() -> None:
+    """Close this process's group before exiting (local, no collective: safe on an error path too). A process
+    that exits with gloo's threads still alive can abort in their destructor ("terminate called without an
+    active exception", exit -6), turning a clean error exit into a crash."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
