@@ -20,7 +20,7 @@ from bigtrain.ckpt.source import open_checkpoint
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.api import MOMENTS, OPTIMIZER_DIR, OPTIMIZER_STATE
 from bigtrain.train.distributed import World, barrier
-from bigtrain.train.reshard import rank_partition
+from bigtrain.train.reshard import rank_partition, sync_partitions
 
 
 def carried_optimizer(init_dir: str | Path) -> Path | None:
@@ -69,13 +69,7 @@ def load_handover(engine: Any, init_dir: str | Path, world: World) -> dict[str, 
             opt.optimizer.state[flat] = {"step": _like(opt.optimizer.state.get(flat, {}).get("step"), step), **state}
             if "step" in opt.optimizer.param_groups[gid]:  # FusedAdam counts per group
                 opt.optimizer.param_groups[gid]["step"] = step
-        opt.fp16_partitioned_groups_flat[gid].data.copy_(flat.data)
-        for piece, q in zip(
-            opt.fp16_partitioned_groups[gid],
-            opt.unflatten(opt.fp16_partitioned_groups_flat[gid], opt.fp16_partitioned_groups[gid]),
-            strict=True,
-        ):
-            piece.data = q.data
+        sync_partitions(opt, gid)
     opt.checkpoint_event_epilogue()
     barrier()
     return {"masters": "fp32 from init_from", "optimizer": "carried" if carried else "fresh", "adam_step": step}

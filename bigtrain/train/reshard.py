@@ -217,6 +217,18 @@ def rank_partition(full: torch.Tensor, rank: int, world_size: int) -> torch.Tens
     return part
 
 
+def sync_partitions(opt: Any, gid: int) -> None:
+    """After group `gid`'s fp32 partition changed: its low-precision flat copy and the per-parameter views."""
+    flat = opt.fp32_partitioned_groups_flat[gid]
+    opt.fp16_partitioned_groups_flat[gid].data.copy_(flat.data)
+    for part, q in zip(
+        opt.fp16_partitioned_groups[gid],
+        opt.unflatten(opt.fp16_partitioned_groups_flat[gid], opt.fp16_partitioned_groups[gid]),
+        strict=True,
+    ):
+        part.data = q.data
+
+
 def load_universal(engine: Any, udir: Path, world: World) -> None:
     """Fill `engine` (ZeRO-3, any world size) from a converted checkpoint: fp32 masters, Adam moments and
     step, parameter-group hyper-parameters, the LR scheduler, the partitions of frozen parameters."""
@@ -249,13 +261,7 @@ def load_universal(engine: Any, udir: Path, world: World) -> None:
             "step": state["step"].clone() if torch.is_tensor(state["step"]) else state["step"],
             **{key: values[key] for key in MOMENTS},
         }
-        opt.fp16_partitioned_groups_flat[gid].data.copy_(flat.data)
-        for part, q in zip(
-            opt.fp16_partitioned_groups[gid],
-            opt.unflatten(opt.fp16_partitioned_groups_flat[gid], opt.fp16_partitioned_groups[gid]),
-            strict=True,
-        ):
-            part.data = q.data
+        sync_partitions(opt, gid)
     for p, name in names.items():
         if not p.requires_grad:  # frozen: only the model partition, no optimizer state
             p.ds_tensor.data.copy_(read(name, FP32)[: p.ds_tensor.ds_numel].to(p.ds_tensor.dtype))
