@@ -29,6 +29,10 @@ if [ "${BIGTRAIN_NO_SLURM:-0}" != 1 ]; then
 fi
 .venv/bin/ruff check bigtrain tests tools
 .venv/bin/ruff format --check bigtrain tests tools
-# not exec: the EXIT trap must run after pytest; `set -e` passes pytest's exit status on
+# /dev/shm is RAM: shm all-reduce files left by killed ranks of earlier runs would starve this one
+.venv/bin/python tools/clean_shm.py
+status=0
 .venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile \
-  --durations 25 ${args[@]+"${args[@]}"}
+  --durations 25 ${args[@]+"${args[@]}"} || status=$?
+.venv/bin/python tools/clean_shm.py || true
+exit $status

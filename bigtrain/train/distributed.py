@@ -6,6 +6,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -68,10 +69,55 @@ def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
             dist_backend="nccl" if torch.cuda.is_available() else "gloo",
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
+    unlink_shm_buffer()
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     return World(dist.get_rank(), local_rank, dist.get_world_size())
+
+
+SHM_DIR = Path("/dev/shm")
+SHM_BUFFER_PREFIX = "deepspeed_allreduce_buffer_"  # DeepSpeed's CPU shm all-reduce (ops/csrc/cpu/comm/shm.cpp)
+
+
+def shm_buffer_path(rank: int) -> Path:
+    """The shared-memory file DeepSpeed's CPU backend creates for `rank` when all ranks are on one host."""
+    name = f"{SHM_BUFFER_PREFIX}{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{rank}"
+    return SHM_DIR / name
+
+
+def unlink_shm_buffer() -> None:
+    """Remove this rank's DeepSpeed shm all-reduce file once every rank has mapped it. DeepSpeed never unlinks
+    it, so each single-host CPU launch left world_size x 69 MB of RAM in /dev/shm until reboot (a few hundred
+    test launches filled a 24 GiB machine). The mapping outlives the name; the barrier keeps a slow peer from
+    finding the name gone while it still waits to open it."""
+    path = shm_buffer_path(dist.get_rank())
+    if not path.exists():
+        return  # not a single-host CPU group, or a backend without the shm op
+    dist.barrier()
+    path.unlink(missing_ok=True)
+
+
+def remove_stale_shm_buffers(directory: Path = SHM_DIR) -> list[Path]:
+    """Delete DeepSpeed shm all-reduce files that no live process maps (left by ranks killed before
+    unlink_shm_buffer ran); returns what it removed. Safe beside running jobs: their files are mapped."""
+    candidates = sorted(directory.glob(SHM_BUFFER_PREFIX + "*"))
+    if not candidates:
+        return []
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(
+                line.split(maxsplit=5)[-1].strip() for line in maps.read_text().splitlines() if str(directory) in line
+            )
+        except OSError:  # a process that exited or that we may not read
+            continue
+    removed = []
+    for path in candidates:
+        if str(path) not in mapped:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def shutdown_distributed() -> None:

@@ -1,0 +1,67 @@
+"""DeepSpeed's CPU shm all-reduce files do not outlive a launch: each one is 69 MB of RAM in /dev/shm."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bigtrain.train.distributed import SHM_BUFFER_PREFIX, SHM_DIR, remove_stale_shm_buffers
+from tests.trainer_runs import REPO, free_port
+
+RANK = """
+import torch, torch.distributed as dist
+from bigtrain.train.distributed import init_distributed, shm_buffer_path
+world = init_distributed()
+t = torch.ones(4)
+dist.all_reduce(t)
+assert t.tolist() == [2.0] * 4, t
+assert not shm_buffer_path(world.rank).exists(), "this rank's shm file is still there"
+print("ok", flush=True)
+"""
+
+
+def test_a_single_host_cpu_launch_leaves_no_shm_file() -> None:
+    port = str(free_port())
+    # LOCAL_SIZE == WORLD_SIZE is what makes DeepSpeed create its shm buffers (the deepspeed launcher sets it)
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "WORLD_SIZE": "2",
+        "LOCAL_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "ok" in out, out[-3000:]
+    assert not list(SHM_DIR.glob(f"{SHM_BUFFER_PREFIX}*_127.0.0.1_{port}_*"))
+
+
+def test_stale_buffers_go_and_mapped_ones_stay(tmp_path: Path) -> None:
+    stale = tmp_path / f"{SHM_BUFFER_PREFIX}0_127.0.0.1_1_0"
+    live = tmp_path / f"{SHM_BUFFER_PREFIX}0_127.0.0.1_1_1"
+    other = tmp_path / "someone_elses_segment"
+    for f in (stale, live, other):
+        f.write_bytes(b"\0" * 4096)
+    with live.open("r+b") as fh, mmap.mmap(fh.fileno(), 4096):  # a running rank maps its buffer
+        assert remove_stale_shm_buffers(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
