@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 from bigtrain.config import TrainConfig
-from tests.trainer_runs import REPO, free_port
+from tests.trainer_runs import start_ranks
 
 RANK = """
 import sys, time
@@ -29,19 +26,7 @@ print("barrier passed", flush=True)
 
 def test_the_timeout_is_the_process_groups() -> None:
     assert TrainConfig().dist_timeout_minutes == 30.0
-    port = str(free_port())
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RANK, "0.1"],  # 6 seconds
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
+    procs = start_ranks(RANK, ["0.1"])  # 6 seconds
     try:
         out, _ = procs[0].communicate(timeout=180)
         assert procs[0].returncode == 3, out[-2000:]  # the default (30 min) would have waited out rank 1's 40 s

@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import mmap
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from bigtrain.train.distributed import SHM_BUFFER_PREFIX, SHM_DIR, remove_stale_shm_buffers
-from tests.trainer_runs import REPO, free_port
+from tests.trainer_runs import free_port, start_ranks
 
 RANK = """
 import torch, torch.distributed as dist
-from bigtrain.train.distributed import init_distributed, shm_buffer_path
+from bigtrain.train.distributed import init_distributed, shm_buffer_path, shutdown_distributed
 world = init_distributed()
 t = torch.ones(4)
 dist.all_reduce(t)
 assert t.tolist() == [2.0] * 4, t
 assert not shm_buffer_path(world.rank).exists(), "this rank's shm file is still there"
 print("ok", flush=True)
+shutdown_distributed()  # gloo's threads alive at exit can abort the process (-6)
 """
 
 
 def test_a_single_host_cpu_launch_leaves_no_shm_file() -> None:
-    port = str(free_port())
     # LOCAL_SIZE == WORLD_SIZE is what makes DeepSpeed create its shm buffers (the deepspeed launcher sets it)
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": port,
-        "WORLD_SIZE": "2",
-        "LOCAL_SIZE": "2",
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RANK],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
+    port = str(free_port())
+    procs = start_ranks(RANK, [], MASTER_PORT=port, LOCAL_SIZE="2")
     try:
         outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:

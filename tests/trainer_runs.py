@@ -78,6 +78,30 @@ def run_ranks(script: Path, args: list[str], ranks: int) -> subprocess.Completed
     return result
 
 
+def start_ranks(code: str, args: list[str], ranks: int = 2, **env: str) -> list[subprocess.Popen]:
+    """Start `ranks` plain python processes running `code` as one group on this host (RANK, WORLD_SIZE and
+    MASTER_* set, no launcher; `env` adds to that). The caller waits for them and kills them."""
+    base = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(ranks),
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(ranks)
+    ]
+
+
 def free_port() -> int:
     import socket
 
