@@ -65,18 +65,19 @@ def liger_kernels() -> Kernels:
     return Kernels("liger", liger_rms, liger_rope, liger_swiglu)
 
 
-def resolve_liger(key: str, choice: str, choices: tuple[str, ...], liger: str, fallback: str) -> str:
-    """The one rule for a setting with a liger option (`train.kernels`, `train.loss`): `auto` is `liger`
-    on CUDA with liger-kernel installed, else `fallback`; `liger` asked for without CUDA or the package is
-    an error naming `key`, as is anything outside `choices`."""
+def resolve_liger(choice: str, choices: tuple[str, ...], liger: str, fallback: str) -> str:
+    """The one rule for a setting with a liger option (the kernels, the loss): `auto` is `liger` on CUDA
+    with liger-kernel installed, else `fallback`; `liger` asked for without CUDA or the package is an
+    error, as is anything outside `choices`. The messages name the value, not a recipe key: the caller
+    that read the value from a recipe adds its key."""
     if choice == "auto":
         return liger if torch.cuda.is_available() and liger_installed() else fallback
     if choice not in choices:
-        raise BigtrainError(f"{key}: unknown {choice!r} (auto, {', '.join(choices)})")
+        raise BigtrainError(f"unknown {choice!r} (auto, {', '.join(choices)})")
     if choice == liger and not torch.cuda.is_available():
-        raise BigtrainError(f"{key}: {liger} needs a CUDA device (use {fallback} or auto)")
+        raise BigtrainError(f"{liger} needs a CUDA device (use {fallback} or auto)")
     if choice == liger and not liger_installed():
-        raise BigtrainError(f"{key}: {liger} needs liger-kernel (pip install 'bigtrain[gpu]')")
+        raise BigtrainError(f"{liger} needs liger-kernel (pip install 'bigtrain[gpu]')")
     return choice
 
 
@@ -86,7 +87,7 @@ def resolve_kernels(choice: str, compiled: bool = False) -> str:
     elementwise ops itself. `liger` asked for explicitly stays liger."""
     if choice == "auto" and compiled:
         return "torch"
-    return resolve_liger("train.kernels", choice, ("liger", "torch"), liger="liger", fallback="torch")
+    return resolve_liger(choice, ("liger", "torch"), liger="liger", fallback="torch")
 
 
 def get_kernels(name: str) -> Kernels:

@@ -139,9 +139,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         return fused_cross_entropy(flat, weight, targets)
     if kind == "plain":
         return plain_cross_entropy(flat, weight, targets)
-    raise BigtrainError(f"train.loss: unknown {kind!r} ({', '.join(LOSSES)})")
+    raise BigtrainError(f"unknown loss {kind!r} ({', '.join(LOSSES)})")
 
 
 def resolve_loss(choice: str) -> str:
     """auto: liger's fused kernel on CUDA when installed, else chunked."""
-    return resolve_liger("train.loss", choice, LOSSES, liger="fused", fallback="chunked")
+    return resolve_liger(choice, LOSSES, liger="fused", fallback="chunked")

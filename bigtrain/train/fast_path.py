@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from bigtrain.config import Recipe
+from bigtrain.config import Recipe, TrainConfig
+from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.counting import layer_params, total_params
 from bigtrain.model.kernels import resolve_kernels
@@ -51,10 +52,24 @@ def decoder_layers(model: torch.nn.Module) -> list[DecoderLayer]:
     return [m for m in model.modules() if isinstance(m, DecoderLayer)]
 
 
+def resolve_fast_path(t: TrainConfig) -> tuple[str, str]:
+    """The recipe's `train.kernels` and `train.loss`, resolved (`auto` made concrete); a value that cannot
+    run here is one error naming its recipe key."""
+    try:
+        kernels = resolve_kernels(t.kernels, compiled=t.compile)
+    except BigtrainError as e:
+        raise BigtrainError(f"train.kernels: {e}") from None
+    try:
+        loss = resolve_loss(t.loss)
+    except BigtrainError as e:
+        raise BigtrainError(f"train.loss: {e}") from None
+    return kernels, loss
+
+
 def prepare_model(model: torch.nn.Module, recipe: Recipe, zero3: bool) -> dict[str, Any]:
     """Before deepspeed.initialize (after STEP's LoRA, if any); returns what run.json records."""
     t = recipe.train
-    kernels, loss = resolve_kernels(t.kernels, compiled=t.compile), resolve_loss(t.loss)
+    kernels, loss = resolve_fast_path(t)
     lm = next(m for m in model.modules() if isinstance(m, BigTrainForCausalLM))
     lm.select_kernels(kernels)
     lm.select_loss(loss)
