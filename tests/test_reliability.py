@@ -18,7 +18,8 @@ from bigtrain.ckpt.manifest import manifest_problem, write_manifest
 from bigtrain.cli.grow import main as grow_main
 from bigtrain.errors import BigtrainError
 from bigtrain.train.checkpoint import checkpoint_problem, newest_checkpoint, prune_checkpoints
-from tests.trainer_runs import DEEPSPEED, REPO, free_port, launch, losses, tiny_overrides
+from bigtrain.train.distributed import free_port
+from tests.trainer_runs import DEEPSPEED, REPO, launch, losses, tiny_overrides
 
 SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
 

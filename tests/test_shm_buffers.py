@@ -5,8 +5,8 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
-from bigtrain.train.distributed import SHM_BUFFER_PREFIX, SHM_DIR, remove_stale_shm_buffers
-from tests.trainer_runs import free_port, start_ranks
+from bigtrain.train.distributed import SHM_BUFFER_PREFIX, SHM_DIR, free_port, remove_stale_shm_buffers
+from tests.trainer_runs import start_ranks
 
 RANK = """
 import torch, torch.distributed as dist

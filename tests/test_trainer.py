@@ -36,7 +36,8 @@ def overrides(demo_data: Path, out: Path, cache: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def two_ranks(demo_data: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("two-ranks")
-    launch(overrides(demo_data, out, cache_dir), ranks=2)
+    # the README's command: `deepspeed bigtrain/train.py`, through the real launcher
+    launch(overrides(demo_data, out, cache_dir), ranks=2, real_launcher=True)
     return out
 
 

@@ -8,9 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bigtrain.train.distributed import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bigtrain" / "train.py"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+SPAWN = REPO / "tests" / "spawn_ranks.py"
+
+
+def rank_launcher(ranks: int, real_launcher: bool = False) -> list[str]:
+    """The command prefix that starts `ranks` ranks of a script on this host: plain python for one rank;
+    tests/spawn_ranks.py (the deepspeed launcher's environment without its two deepspeed-importing
+    processes) for more, or the deepspeed launcher itself with `real_launcher` (signal forwarding, and
+    every background run, which tests signal)."""
+    if ranks == 1:
+        return [sys.executable]
+    if real_launcher:
+        return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())]
+    return [sys.executable, str(SPAWN), str(ranks), str(free_port())]
 
 
 def tiny_overrides(demo_data: Path, output_dir: Path, cache_dir: Path, **extra: object) -> list[str]:
@@ -45,15 +60,21 @@ def tiny_overrides(demo_data: Path, output_dir: Path, cache_dir: Path, **extra: 
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def launch(overrides: list[str], ranks: int, recipe: Path | None = None, check: bool = True, **popen: object):
-    """Run bigtrain/train.py under the deepspeed launcher (ranks > 1) or plain python (1 rank)."""
+def launch(
+    overrides: list[str],
+    ranks: int,
+    recipe: Path | None = None,
+    check: bool = True,
+    real_launcher: bool = False,
+    **popen: object,
+):
+    """Run bigtrain/train.py on `ranks` ranks (see rank_launcher; a background run is under the deepspeed
+    launcher, as the tests that signal it need)."""
     args = ["--recipe", str(recipe or REPO / "recipes" / "demo.yaml"), *overrides]
-    if ranks > 1:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), str(TRAIN), *args]
-    else:
-        cmd = [sys.executable, str(TRAIN), *args]
+    background = popen.pop("background", False)
+    cmd = [*rank_launcher(ranks, real_launcher=real_launcher or bool(background)), str(TRAIN), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if popen.pop("background", False):
+    if background:
         return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **popen)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
@@ -64,10 +85,9 @@ def launch(overrides: list[str], ranks: int, recipe: Path | None = None, check: 
 
 
 def run_ranks(script: Path, args: list[str], ranks: int) -> subprocess.CompletedProcess:
-    """Run a test script on `ranks` ranks (the deepspeed launcher, or plain python for one); it must exit 0."""
-    launcher = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())] if ranks > 1 else []
+    """Run a test script on `ranks` ranks (see rank_launcher); it must exit 0."""
     result = subprocess.run(
-        [*(launcher or [sys.executable]), str(script), *args],
+        [*rank_launcher(ranks), str(script), *args],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
         capture_output=True,
@@ -100,14 +120,6 @@ def start_ranks(code: str, args: list[str], ranks: int = 2, **env: str) -> list[
         )
         for r in range(ranks)
     ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(output_dir: Path) -> list[dict]:
