@@ -94,3 +94,7 @@ def test_a_corrupted_file_is_refused_on_resume(run: tuple[Path, list[str]]) -> N
     assert json.loads((out / "run.json").read_text())["resumed_from"] == str(out / "checkpoints" / "step_2")
     assert losses(out)[4] == pytest.approx(before[4], rel=1e-4)  # steps 3-4 trained again, as before
     assert checkpoint_problem(out / "checkpoints" / "step_4") is None  # saved again, checksums and all
+    # the corrupted copy, which a size check cannot tell from a good one, is kept, not replaced
+    aside = out / "checkpoints" / "step_4.failed-verification"
+    assert (aside / SHARD).read_bytes() == bytes(data)
+    assert checkpoint_problem(aside, checksums=False) is None and "SHA-256 differs" in checkpoint_problem(aside)

@@ -306,11 +306,13 @@ def _publish(
         problem = checkpoint_problem(tmp, checksums=False)
         if problem:
             raise OSError(problem)
-        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
-            if checkpoint_problem(final, checksums=False) is None:
-                shutil.rmtree(final)
-            else:
-                print(f"bigtrain: {final} fails verification; moved to {_set_aside(final).name}")
+        if final.exists():
+            # A step is saved once per process, so an existing step_<N> is one that resume passed over: it
+            # failed verification, possibly by checksum alone, which a size check here would not see. It
+            # is kept for inspection, never deleted.
+            print(
+                f"bigtrain: {final} was passed over at resume (it fails verification); moved to {_set_aside(final).name}"
+            )
         os.replace(tmp, final)
         write_text_atomic(root / LATEST, final.name)
     except (OSError, RuntimeError) as e:
