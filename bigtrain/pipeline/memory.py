@@ -1,4 +1,11 @@
-"""The planner's memory model: per-rank bytes of one training stage under DeepSpeed ZeRO-3.
+"""The planner's memory model: per-rank bytes of one training stage under DeepSpeed ZeRO (3 unless the
+recipe sets `train.zero_stage`; `auto` is planned at the template's stage, which is what it runs without a
+GPU; on one it may pick a faster stage, see train/zero_stage.py).
+
+State bytes at every stage and dtype come from the one accounting in `train/state_bytes.py` (`expected`), the
+one run.json's measured figures and `zero_stage: auto` use. Below, what ZeRO-3 holds; at stages 0-2 the
+weights are whole on every rank and there are no gathers, so the working buffers are the reduce bucket and
+backward's gradients in flight.
 
 What ZeRO-3 holds per rank (DeepSpeed 0.19, `runtime/zero/stage3.py`; every tensor is split into
 `ceil(numel / world)` elements per rank, the last rank's share padded):
@@ -25,6 +32,7 @@ from typing import Any
 from bigtrain.config import Recipe, StepConfig
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.param_shapes import expected_shapes, layer_shapes
+from bigtrain.train import state_bytes
 from bigtrain.train.step_lora import lora_shapes, trainable_in_step
 
 GIB = 1024**3
@@ -35,10 +43,10 @@ class ZeroSettings:
     """What decides the bytes: world size, dtypes and DeepSpeed's ZeRO-3 bucket sizes (in elements)."""
 
     world_size: int = 1
+    stage: int = 3
+    precision: str = "bf16"
     weight_bytes: int = 2  # bf16
-    grad_bytes: int = 4  # the partitions' grad_accum_dtype: fp32 (bigtrain sets it under bf16)
-    master_bytes: int = 4  # fp32 master copy of the trainable partition
-    adam_bytes: int = 8  # fp32 exp_avg + exp_avg_sq
+    grad_bytes: int = 4  # the summed gradients' grad_accum_dtype: fp32 (bigtrain sets it under bf16)
     reduce_bucket_size: int = 500_000_000
     prefetch_bucket_size: int = 50_000_000
     persistence_threshold: int = 100_000
@@ -52,13 +60,16 @@ class ZeroSettings:
 
         precision = precision or (recipe.train.precision if recipe.train.precision != "auto" else "bf16")
         planned = recipe.model_copy(update={"train": recipe.train.model_copy(update={"precision": precision})})
-        ds = build_ds_config(planned, world_size, recipe.model.hidden_size)
+        stage = recipe.train.zero_stage if recipe.train.zero_stage != "auto" else None
+        ds = build_ds_config(planned, world_size, recipe.model.hidden_size, zero_stage=stage)
         zero = ds.get("zero_optimization", {})
         width = {"bf16": 2, "fp16": 2, "fp32": 4}[precision]
         accum = ds.get("data_types", {}).get("grad_accum_dtype")
         grad = {"fp32": 4, "bf16": 2, "fp16": 2}.get(accum or "", width)
         return cls(
             world_size=world_size,
+            stage=int(zero.get("stage", 0)),
+            precision=precision,
             weight_bytes=width,
             grad_bytes=grad,
             activation_bytes=width,
@@ -193,7 +204,6 @@ def stage_memory(
     w = zero.world_size
     tensors = model_tensors(cfg, inherited, step)
     trainable = [t for t in tensors if t.trainable]
-    part_all = sum(share(t.numel, w) for t in tensors)
     part_train = sum(share(t.numel, w) for t in trainable)
     modules: dict[str, int] = {}
     train_modules: dict[str, int] = {}
@@ -208,8 +218,13 @@ def stage_memory(
     grads_in_flight = max(train_modules.values(), default=0)
     # the reduce bucket is allocated whole at initialize (contiguous_gradients), however few grads there are
     # reduce bucket and backward's full gradients are in the weight dtype, whatever the partitions' dtype
+    if zero.stage < 3:  # whole weights on every rank: nothing gathered
+        gathered = persistent = 0
     working = zero.weight_bytes * (gathered + persistent + zero.reduce_bucket_size + grads_in_flight)
-    transient = 4 * min(part_train, zero.sub_group_size)
+    transient = 4 * min(part_train, zero.sub_group_size) if zero.stage == 3 else 0
+    state = state_bytes.expected(
+        zero.stage, zero.precision, w, [t.numel for t in tensors], [t.trainable for t in tensors]
+    )
     return StageMemory(
         name=name,
         layers=cfg.num_hidden_layers,
@@ -217,9 +232,9 @@ def stage_memory(
         params_total=total,
         params_trainable=sum(t.numel for t in trainable),
         lora_params=sum(t.numel for t in tensors if ".lora_" in t.name),
-        param_bytes=zero.weight_bytes * part_all,
-        grad_bytes=zero.grad_bytes * part_train,
-        optimizer_state_bytes=(zero.master_bytes + zero.adam_bytes) * part_train,
+        param_bytes=state["param_bytes"],
+        grad_bytes=state["grad_bytes"],
+        optimizer_state_bytes=state["optimizer_state_bytes"],
         working_bytes=working,
         activation_bytes=activation_bytes(cfg, micro_batch, seq_len, checkpointing, zero.activation_bytes),
         init_transient_bytes=transient,
@@ -233,11 +248,9 @@ def stage_memory(
 
 def state_breakdown(tensors: list[Tensor], zero: ZeroSettings) -> dict[str, int]:
     """Per-rank state bytes split by kind: trainable / frozen weights, LoRA, embeddings + LM head."""
-    w = zero.world_size
-    per_trainable = zero.weight_bytes + zero.grad_bytes + zero.master_bytes + zero.adam_bytes
 
     def state(t: Tensor) -> int:
-        return share(t.numel, w) * (per_trainable if t.trainable else zero.weight_bytes)
+        return sum(state_bytes.expected(zero.stage, zero.precision, zero.world_size, [t.numel], [t.trainable]).values())
 
     lora = [t for t in tensors if ".lora_" in t.name]
     outer = [t for t in tensors if not t.name.startswith("model.layers.")]

@@ -2,16 +2,14 @@
 
 DeepSpeed ranks speed 0 > 1 > 2 > 3: every stage above 0 adds communication, and stage 3 gathers every
 weight twice per step. On one GPU ZeRO partitions nothing, so a model that fits runs at stage 0 (fp32, fp16)
-or stage 1 (bf16). bf16 never gets stage 0: DeepSpeed 0.19 runs bf16 at stage 0 without fp32 master weights
-and sums micro-batch gradients in bf16 (DDP_BFLOAT16, and `grad_accum_dtype: fp32` is refused there); stage 1
-with `data_types.grad_accum_dtype: fp32` (ds_config.py sets it) selects BF16_Optimizer, which keeps fp32
-master weights and sums gradients in an fp32 buffer, for the cost of that buffer. The model states per GPU
-(mixed precision, Adam; ZeRO paper, Rajbhandari et al. 2020) with N GPUs, per parameter, w = weights,
-g = gradients, o = 12 (fp32 master, exp_avg, exp_avg_sq):
-fp16/fp32: stage 0: w + g + o, 1: w + g + o/N, 2: w + (g + o)/N, 3: (w + g + o)/N (fp32: o = 8, no master);
-bf16: stage 1: 2 + 2 + 4 + o/N (bf16 grads plus BF16_Optimizer's full fp32 buffer), 2: 2 + (4 + o)/N,
-3: (2 + 4 + o)/N (fp32 gradient partitions). A stage fits when its states take at most STATE_SHARE of the
-device memory; the rest is for activations, the logits slice and allocator slack.
+or stage 1 (bf16). bf16 never gets stage 0: DeepSpeed 0.19 runs bf16 at stage 0 through FP16_Optimizer, which
+sums micro-batch gradients in bf16 (`grad_accum_dtype: fp32` is refused there); stage 1 with
+`data_types.grad_accum_dtype: fp32` (ds_config.py sets it) selects BF16_Optimizer, which sums them in an fp32
+buffer of the whole model, for the cost of that buffer. The model states per GPU at each stage and dtype are
+`state_bytes.widths` (the table in state_bytes.py, checked against DeepSpeed's allocations), e.g. bf16 with N
+GPUs, per parameter: stage 1: 2 + (2 + 4) + 12/N, 2: 2 + (4 + 12)/N, 3: (2 + 4 + 12)/N. A stage fits when its
+states take at most STATE_SHARE of the device memory; the rest is for activations, the logits slice and
+allocator slack.
 """
 
 from __future__ import annotations
@@ -23,30 +21,27 @@ import torch
 
 from bigtrain.config import Recipe
 from bigtrain.train.ds_config import load_template, resolve_precision
+from bigtrain.train.state_bytes import widths
 
 STATE_SHARE = 0.5
 AUTO_TEMPLATES = ("zero3", "zero2")  # built-in templates whose stage `auto` may change
 
 
 def model_state_bytes(params: int, stage: int, world_size: int, precision: str) -> int:
-    n = world_size
-    if precision == "bf16":  # fp32 gradient accumulation (ds_config.py)
-        per_param = {
-            0: 2 + 2 + 4,  # DDP_BFLOAT16: Adam's moments in bf16, no master copy (never chosen by auto)
-            1: 2 + 2 + 4 + 12 / n,
-            2: 2 + (4 + 12) / n,
-            3: (2 + 4 + 12) / n,
-        }[stage]
-        return int(params * per_param)
-    w = 4 if precision == "fp32" else 2
-    g = w
-    o = 8 if precision == "fp32" else 12  # fp32 weights are their own master copy
-    per_param = {0: w + g + o, 1: w + g + o / n, 2: w + (g + o) / n, 3: (w + g + o) / n}[stage]
+    """Per-GPU model states of `params` trainable parameters (state_bytes.widths, the accounting the
+    planner and run.json use; here without per-tensor padding)."""
+    w, n = widths(stage, precision), world_size
+    per_param = (
+        w.weight / (n if w.weight_split else 1)
+        + w.grad_full
+        + w.grad_split / n
+        + w.optimizer / (n if w.optimizer_split else 1)
+    )
     return int(params * per_param)
 
 
 def auto_stages(precision: str) -> tuple[int, ...]:
-    """The stages `auto` tries, fastest first: bf16 skips stage 0 (bf16 gradient sums, no fp32 master)."""
+    """The stages `auto` tries, fastest first: bf16 skips stage 0 (gradients summed in bf16)."""
     return (1, 2, 3) if precision == "bf16" else (0, 1, 2, 3)
 
 
