@@ -50,7 +50,8 @@ def test_stages_resolve_into_flat_recipes(tmp_path: Path) -> None:
     assert s1.recipe.output_dir == str(root / "s1") and s1.recipe.init_from is None and s1.grow is None
     # s1 hands over its last training checkpoint (fp32 masters); s2, a STEP stage, its export (LoRA folded in)
     assert s2.recipe.init_from == str(root / "s2" / "init") and s2.grow_from == str(root / "s1")
-    assert s2.recipe.step is not None and s2.recipe.step.lora_rank == 4 and s2.inherited_layers == 2
+    assert s2.recipe.step is not None and s2.recipe.step.lora_rank == 4
+    assert s2.inherited == (0, 2)  # STEP interpolation puts the new layer between the two it averages
     assert s2.recipe.model.num_layers == 3 and s2.recipe.train.max_steps == 5
     assert s3.recipe.model.hidden_size == 128 and s3.recipe.model.num_heads == 8 and s3.recipe.step is None
     assert s3.recipe.model.num_layers == 3 and s3.grow_from == str(root / "s2" / "hf")
@@ -316,3 +317,20 @@ def test_evals_are_dense_right_after_growth() -> None:
     assert [s for s in range(1, 31) if eval_due(t, s, grown=True)] == [2, 4, 6, 10, 20, 30]
     assert [s for s in range(1, 31) if eval_due(t, s, grown=False)] == [10, 20, 30]
     assert not any(eval_due(TrainConfig(), s, grown=True) for s in range(1, 30))  # eval_every 0: the end only
+
+
+def test_inherited_layers_come_from_the_growth_plan(tmp_path: Path) -> None:
+    """LLaMA Pro's new blocks sit between the inherited layers: the stage (and so the planner and the
+    family table, which freeze and adapt what the trainer will) knows which, from the plan alone."""
+    stages = """
+  - name: s1
+  - name: s2
+    grow: {op: block-expand, layers: 4}
+    step: {lora_rank: 4}
+  - name: s3
+    grow: {op: stack, layers: 8}
+    step: {lora_rank: 4}
+"""
+    path = write(tmp_path, stages)
+    s1, s2, s3 = resolve_stages(load_recipe(path), source=str(path))
+    assert s1.inherited == () and s2.inherited == (0, 2) and s3.inherited == (0, 1, 2, 3)

@@ -232,6 +232,12 @@ def grow(
     return Grown(plan.out, produce(cfg, tensors, source, plan, generator), record, len(expected_shapes(plan.out)))
 
 
+def grow_config(cfg: BigTrainConfig, op: str | Sequence[str], **args: Any) -> GrowthRecord:
+    """The record of growing a model of config `cfg` (its target config, which layers are inherited and
+    which new), from the plan alone: no tensor is read or made."""
+    return grow(cfg, {}, op, **args).record
+
+
 def grow_optimizer_state(
     cfg: BigTrainConfig, state: Mapping[str, torch.Tensor], op: str | Sequence[str], **op_args: Any
 ) -> Grown:

@@ -92,7 +92,7 @@ def family_table(stages: list[Any], independent_tokens: IndependentTokens = "lin
         run = read_run(r.output_dir)
         cfg_dict = run.get("model_config")
         cfg = BigTrainConfig.from_dict(cfg_dict) if cfg_dict else r.model.build_config()
-        inherited = set(range(st.inherited_layers)) if r.step is not None else set()
+        inherited = set(st.inherited) if r.step is not None else set()
         tokens = float(run.get("tokens") or planned_tokens(r))
         per_token = step_flops_per_token(cfg, r.data.seq_len, inherited, r.step)
         rows.append((st.name, cfg, r.data.seq_len, tokens, per_token * tokens, run))

@@ -51,10 +51,8 @@ def plan_recipe(
         cfg = r.model.build_config()
         inherited: set[int] = set()
         if r.step is not None:
-            if st.inherited_layers:
-                inherited = set(range(st.inherited_layers))
-            else:  # a flat STEP recipe: its init_from says which layers are inherited
-                inherited = read_inherited_layers(r.init_from or "")
+            # a flat STEP recipe (no stages): its init_from's growth record says which layers are inherited
+            inherited = set(st.inherited) if st.inherited else read_inherited_layers(r.init_from or "")
         zero = ZeroSettings.from_recipe(r, world_size, precision)
         out.append(stage_memory(cfg, zero, *_batch(r), inherited, r.step, name=st.name))
     final = stages[-1].recipe

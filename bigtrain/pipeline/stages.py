@@ -16,6 +16,7 @@ from typing import Any
 
 from bigtrain.config import (
     GrowSpec,
+    ModelSpec,
     Recipe,
     RecipeError,
     StageSpec,
@@ -26,6 +27,8 @@ from bigtrain.config import (
     stage_section,
     validate_recipe,
 )
+from bigtrain.errors import BigtrainError
+from bigtrain.growth.grow import grow_config
 from bigtrain.pipeline.lr_scaling import lr_by_size
 
 
@@ -36,7 +39,9 @@ class Stage:
     recipe: Recipe  # flat: output_dir is the stage's directory, init_from where its weights come from
     grow: GrowSpec | None
     grow_from: str | None  # what `grow` reads (the previous stage's run dir or export, or the recipe's init_from)
-    inherited_layers: int  # layers of the previous stage (a first stage: its grow source's, else 0)
+    # indices of the layers this stage inherits from the previous one (a first stage: from its grow source;
+    # none without growth), where the stage's growth plan puts them: LLaMA Pro's blocks sit between them
+    inherited: tuple[int, ...]
     root: Path | None = None  # a staged recipe's output_dir, above the stage directories (None: a flat recipe)
 
     @property
@@ -82,7 +87,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     stage-specific values; `output_dir` is the root under which each stage gets its own directory.
     """
     if not recipe.stages:
-        return [Stage(0, "main", recipe, None, None, 0)]
+        return [Stage(0, "main", recipe, None, None, ())]
     models = check_stages(recipe, source)
     per_stage = {k: v for k, v in parse_overrides(overrides or []).items() if k not in ("output_dir", "stages")}
     root = recipe.output_dir
@@ -136,19 +141,34 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
                 recipe=validate_recipe(flat, where),
                 grow=spec.grow,
                 grow_from=grow_sources[i],
-                inherited_layers=models[i - 1].num_layers if i else source_layers(recipe, spec),
+                inherited=inherited_layers(models[i - 1] if i else source_model(recipe, spec), spec.grow),
                 root=Path(root),
             )
         )
     return stages
 
 
-def source_layers(recipe: Recipe, spec: StageSpec) -> int:
-    """Layers a first stage inherits: none, or, when it grows its init_from, the source's (the recipe's `model:`
+def source_model(recipe: Recipe, spec: StageSpec) -> ModelSpec | None:
+    """What a first stage grows from: nothing, or, when it grows its init_from, the recipe's `model:` (which
     describes the source then)."""
     if spec.grow is None:
-        return 0
-    return int(deep_merge(recipe.model.model_dump(), spec.model.model_dump()).get("num_layers") or 0)
+        return None
+    return ModelSpec.model_validate(deep_merge(recipe.model.model_dump(), spec.model.model_dump(exclude_none=True)))
+
+
+def inherited_layers(source: ModelSpec | None, grow: GrowSpec | None) -> tuple[int, ...]:
+    """The target layers that `grow` fills with `source`'s trained layers, from the growth plan alone (no
+    tensors are read or made): for stacking the first L, for block expansion the ones between the new
+    blocks. A plan that cannot be made here (the grow step itself will say why) counts the first L."""
+    if source is None:
+        return ()
+    if grow is None:
+        return tuple(range(source.num_layers))
+    try:
+        record = grow_config(source.build_config(), grow.op, **grow.grow_args())
+    except (BigtrainError, ValueError):
+        return tuple(range(source.num_layers))
+    return tuple(record.inherited_layers())
 
 
 def grow_source(recipe: Recipe, i: int, origin: str | None) -> str | None:
