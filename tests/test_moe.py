@@ -109,3 +109,29 @@ def test_recipe_schema_and_bad_moe():
     # the HF config round-trips
     again = type(cfg).from_dict(cfg.to_dict())
     assert again.moe == cfg.moe and again.is_moe
+
+
+def test_export_is_a_stock_mixtral_with_equal_logits_and_reads_back(tmp_path):
+    from transformers import MixtralForCausalLM
+
+    from bigtrain.ckpt.source import open_checkpoint
+    from bigtrain.train.distributed import World
+    from bigtrain.train.export import export_hf
+
+    cfg = moe_config(num_hidden_layers=2)
+    model = random_model(cfg)
+    export_hf(model, cfg, tmp_path / "hf", None, World(0, 0, 1))
+    mixtral = MixtralForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = torch.randint(0, 100, (2, 10))
+    torch.testing.assert_close(mixtral(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=0)
+    src = open_checkpoint(tmp_path / "hf")  # back under bigtrain's names
+    assert src.model_type == "mixtral" and src.config.moe["num_experts"] == 4 and src.config.moe["top_k"] == 2
+    sd = model.state_dict()
+    assert set(src) == set(sd)
+    torch.testing.assert_close(
+        src["model.layers.1.mlp.experts.3.up_proj.weight"], sd["model.layers.1.mlp.experts.3.up_proj.weight"]
+    )
+    # a layout Mixtral cannot hold (MoE every other layer): bigtrain's own class
+    other = moe_config(num_hidden_layers=2, moe={"every_n_layers": 2})
+    export_hf(random_model(other), other, tmp_path / "own", None, World(0, 0, 1))
+    assert open_checkpoint(tmp_path / "own").model_type == "bigtrain"
