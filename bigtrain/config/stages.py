@@ -70,6 +70,8 @@ def _stage_model(recipe: Recipe, i: int, prev: ModelSpec | None, where: str) -> 
         given = stage.model.model_dump()
         sized = {k: v for k, v in given.items() if k in SIZE_FIELDS}
         grown = deep_merge(prev.model_dump(), stage.grow.sizes() if stage.grow else {})
+        if stage.grow is not None and stage.grow.op == "upcycle":  # each expert is d_f / G wide
+            grown["intermediate_size"] = prev.intermediate_size // (stage.grow.granularity or 1)
         for key, value in sized.items():
             if grown.get(key) != value:
                 how = f"grow: gives {grown.get(key)}" if stage.grow else "there is no grow: to get there"
@@ -102,7 +104,15 @@ def _check_stage_growth(
             raise RecipeError(f"{where}: step: needs a model source (init_from with growth.json)")
     elif stage.init_from is not None:
         raise RecipeError(f"{where}: init_from: only the first stage may set it (later stages start from the last)")
-    if grow is not None and prev is not None:
+    if grow is not None and prev is not None and grow.op == "upcycle":
+        if prev.moe is not None:
+            raise RecipeError(f"{where}: grow: upcycle needs a dense model, stage {prev_name!r}'s is already MoE")
+        g = grow.granularity or 1
+        if prev.intermediate_size % g:
+            raise RecipeError(
+                f"{where}: grow: granularity {g} does not divide intermediate_size {prev.intermediate_size}"
+            )
+    elif grow is not None and prev is not None:
         before, after = prev.model_dump(), spec.model_dump()
         for field in GROW_SIZES.values():
             b, a = before[field], after[field]
