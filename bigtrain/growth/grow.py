@@ -32,7 +32,7 @@ from bigtrain.growth.depth import (
 )
 from bigtrain.growth.mixture import template_combination
 from bigtrain.growth.operator import DepthArgs
-from bigtrain.growth.record import GrowthRecord, LayerRecord
+from bigtrain.growth.record import NON_LAYER, GrowthRecord, LayerRecord, config_summary
 from bigtrain.growth.registry import DEPTH_OPS, MOE_OPS, REGISTRY, parse_ops, split_op, taking
 from bigtrain.growth.upcycle import DEFAULT_ROUTER_INIT, upcycle, upcycle_record
 from bigtrain.growth.width import (
@@ -50,9 +50,6 @@ from bigtrain.growth.width import (
 )
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
 from bigtrain.model.param_shapes import expected_shapes, layer_shapes
-
-NON_LAYER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
-
 
 ROW_BLOCK = 4096  # vocabulary rows of the embedding / LM head grown at a time
 
@@ -86,22 +83,6 @@ def seeded(seed: int) -> Any:
         return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
 
     return generator
-
-
-def config_summary(cfg: BigTrainConfig) -> dict[str, Any]:
-    return {
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "hidden_size": cfg.hidden_size,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "layer_intermediate_sizes": list(cfg.layer_intermediate_sizes),
-        "layer_num_attention_heads": list(cfg.layer_num_attention_heads),
-        "layer_num_key_value_heads": list(cfg.layer_num_key_value_heads),
-        "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-    }
 
 
 def _resized(cfg: BigTrainConfig, **fields: Any) -> BigTrainConfig:

@@ -35,7 +35,7 @@ import torch
 
 from bigtrain.errors import BigtrainError
 from bigtrain.growth.operator import Operator
-from bigtrain.growth.record import GrowthRecord, LayerRecord
+from bigtrain.growth.record import NON_LAYER, GrowthRecord, LayerRecord, config_summary
 from bigtrain.model.configuration import MOE_DEFAULTS, BigTrainConfig, architecture_problems
 from bigtrain.model.param_shapes import expected_shapes, layer_shapes
 
@@ -149,8 +149,6 @@ def upcycle(
 
 
 def upcycle_record(cfg: BigTrainConfig, out: BigTrainConfig, args: dict[str, Any]) -> GrowthRecord:
-    from bigtrain.growth.grow import NON_LAYER, config_summary
-
     g = args.get("granularity", 1)
     preserving = args.get("drop_ratio", 0.0) == 0 and (g == 1 or args.get("router_init") == "zeros")
     layers = []

@@ -60,6 +60,13 @@ class BigTrainConfig(PreTrainedConfig):
             self.moe = {**MOE_DEFAULTS, **self.moe}
         super().__post_init__(**kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A dense model's config.json is as before MoE existed (no `moe: null`)."""
+        out = super().to_dict()
+        if out.get("moe") is None:
+            out.pop("moe", None)
+        return out
+
     def validate_architecture(self) -> None:
         problems = architecture_problems(self)
         if problems:
