@@ -171,3 +171,40 @@ stages:
     path.write_text(head + "  - name: moe\n    grow: {op: upcycle, experts: 4, top_k: 2, granularity: 3}\n")
     with pytest.raises(RecipeError, match="granularity 3 does not divide intermediate_size 176"):
         load_recipe(path)
+
+
+def test_step_after_upcycle_freezes_the_inherited_attention_and_trains_experts_and_router(tmp_path):
+    from bigtrain.config import RecipeError, StepConfig, load_recipe
+    from bigtrain.pipeline.memory import model_tensors
+    from bigtrain.train.step_lora import apply_step
+
+    cfg = tiny_config(vocab_size=V, num_hidden_layers=2, moe={"num_experts": 4, "top_k": 2})
+    step = StepConfig(freeze="attention", lora_rank=4)
+    assert step.lora_targets == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model = apply_step(random_model(cfg), step, tmp_path, inherited={0, 1})
+    trains = {n: p.requires_grad for n, p in model.named_parameters()}
+    for i in (0, 1):
+        p = f"model.layers.{i}."
+        assert not trains[p + "self_attn.q_proj.base_layer.weight"] and not trains[p + "input_layernorm.weight"]
+        assert trains[p + "self_attn.q_proj.lora_A.default.weight"]
+        assert trains[p + "mlp.router.weight"] and trains[p + "mlp.experts.3.down_proj.weight"]
+        assert trains[p + "post_attention_layernorm.weight"]
+    assert not any(".mlp." in n and ".lora_" in n for n in trains)
+    planned = {t.name: t.trainable for t in model_tensors(cfg, {0, 1}, step)}  # the planner agrees
+    assert planned["model.layers.0.mlp.router.weight"] and not planned["model.layers.0.self_attn.q_proj.weight"]
+
+    head = f"""
+output_dir: {tmp_path / "run"}
+model: {{hidden_size: 64, num_layers: 2, head_dim: 16, num_heads: 4, intermediate_size: 176, vocab_size: 320}}
+train: {{max_steps: 3, lr: 1.0e-3}}
+stages:
+  - name: dense
+  - name: moe
+    grow: {{op: upcycle, experts: 4, top_k: 2}}
+"""
+    path = tmp_path / "r.yaml"
+    path.write_text(head + "    step: {freeze: attention, lora: false}\n")
+    assert load_recipe(path).stages[1].step.freeze == "attention"
+    path.write_text(head + "    step: {lora_rank: 4}\n")
+    with pytest.raises(RecipeError, match=r"give step\.freeze: attention"):
+        load_recipe(path)

@@ -130,7 +130,10 @@ def _check_stage_growth(
         widened = any(after[f] != before[f] for f in GROW_SIZES.values() if f != "num_layers")
         if widened and not any(op in WIDTH_OPS for op in ops):
             raise RecipeError(f"{where}: grow: a wider model needs a width op ({', '.join(WIDTH_OPS)})")
-    if stage.step is not None and prev is not None:
+    upcycled = grow is not None and grow.op == "upcycle"
+    if stage.step is not None and upcycled and stage.step.freeze != "attention":
+        raise RecipeError(f"{where}: step: after upcycle, give step.freeze: attention (the experts must train)")
+    if stage.step is not None and prev is not None and not upcycled:
         if grow is None or spec.num_layers <= prev.num_layers:
             raise RecipeError(f"{where}: step: needs grow: to add layers (STEP trains the new layers)")
         cfg = spec.build_config()
