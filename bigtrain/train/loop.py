@@ -153,12 +153,12 @@ def loop(
         aux_sum = torch.zeros((), device=engine.device)  # MoE: the weighted auxiliary losses in `loss`
         for micro_step in range(accum):
             batch = batches.get(state.step, micro_step)
-            out = engine(input_ids=batch, labels=batch)
-            engine.backward(out.loss)
+            result = engine(input_ids=batch, labels=batch)
+            engine.backward(result.loss)
             engine.step()
-            loss_sum += out.loss.detach().float()
-            if out.aux_loss is not None:
-                aux_sum += out.aux_loss.detach().float()
+            loss_sum += result.loss.detach().float()
+            if result.aux_loss is not None:
+                aux_sum += result.aux_loss.detach().float()
         state.step += 1
         state.tokens += gbs * recipe.data.seq_len
         state.data = sampler.position(state.step * gbs)
