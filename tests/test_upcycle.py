@@ -208,3 +208,21 @@ stages:
     path.write_text(head + "    step: {lora_rank: 4}\n")
     with pytest.raises(RecipeError, match=r"give step\.freeze: attention"):
         load_recipe(path)
+
+
+def test_carried_moments_copy_with_the_weights_router_and_dropped_entries_start_at_zero():
+    from bigtrain.growth.grow import grow_optimizer_state
+
+    cfg = dense(num_hidden_layers=1)
+    state = {k: v.abs() + 1 for k, v in state_dict(random_model(cfg)).items()}  # no zero entries
+    args = {"experts": 2, "top_k": 1, "granularity": 2, "drop_ratio": 0.25, "seed": 1}
+    grown = dict(grow_optimizer_state(cfg, state, "upcycle", **args).tensors)
+    weights = dict(grow(cfg, state, "upcycle", **args).tensors)
+    assert not grown["model.layers.0.mlp.router.weight"].any()
+    for e in range(4):
+        p = f"model.layers.0.mlp.experts.{e}."
+        moment, weight = grown[p + "gate_proj.weight"], weights[p + "gate_proj.weight"]
+        zero_rows = ~moment.any(dim=1)
+        assert zero_rows.sum() == 12  # 0.25 of the 48-wide shard, the rows the weights re-drew
+        assert torch.equal(moment[~zero_rows], weight[~zero_rows])
+        assert torch.equal(grown[p + "down_proj.weight"][:, ~zero_rows], weights[p + "down_proj.weight"][:, ~zero_rows])

@@ -194,6 +194,10 @@ def describe(record: GrowthRecord) -> str:
         f"{s['num_attention_heads']}/{s['num_key_value_heads']} -> {t['num_attention_heads']}/{t['num_key_value_heads']}",
         f"inherited layers {record.inherited_layers()}, new layers {record.new_layers()}",
     ]
+    if t.get("moe"):
+        lines.append(
+            f"MoE: {t['moe']['num_experts']} experts of width {t['intermediate_size']}, top-{t['moe']['top_k']}"
+        )
     if record.verify:
         v = record.verify
         claim = "claims preservation" if v["function_preserving"] else "not function-preserving"
