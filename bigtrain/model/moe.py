@@ -3,7 +3,8 @@
 Per token: probabilities p = softmax(router(x)) over the E experts (in float32), the k largest chosen, their
 weights renormalised to sum to 1 when `normalize_top_k` (Mixtral; else the raw probabilities, Switch), and
 the output sum_i w_i expert_i(x). Dropless: every token reaches its k experts whatever the load. The experts
-run one after the other on the tokens routed to them (index_select, then index_add back); every expert runs
+run one after the other on the tokens routed to them (grouped by one argsort, so one host sync per layer for the
+group sizes; index_select, then index_add back); every expert runs
 every time, on zero tokens if none chose it, so all ranks build the same graph and every expert's weights get a
 gradient (zero when unused) — what ZeRO-3 needs, with the MoE block registered as a leaf module (train/build.py).
 
@@ -59,10 +60,13 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         logits, probs, weights, chosen = self.route(x)
+        # the (token, slot) assignments grouped by expert: one host sync per layer (the group sizes)
+        order = torch.argsort(chosen.flatten(), stable=True)
+        sizes = torch.bincount(chosen.flatten(), minlength=self.num_experts).tolist()
         out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            token, slot = torch.nonzero(chosen == e, as_tuple=True)  # may be empty: the expert still runs
-            y = expert(x.index_select(0, token)) * weights[token, slot, None].to(x.dtype)
+        for expert, group in zip(self.experts, torch.split(order, sizes)):
+            token = group // self.top_k  # may be empty: the expert still runs
+            y = expert(x.index_select(0, token)) * weights.flatten()[group, None].to(x.dtype)
             out = out.index_add(0, token, y)
         self.record_losses(logits, probs, chosen)
         return out.reshape(shape)
