@@ -87,7 +87,7 @@ def test_upcycle_refuses_bad_input():
     moe = tiny_config(vocab_size=V, moe={"num_experts": 2, "top_k": 1})
     with pytest.raises(BigtrainError, match="already an MoE model"):
         grow(moe, state_dict(random_model(moe)), "upcycle", experts=4, top_k=2)
-    with pytest.raises(BigtrainError, match="the source is an MoE model"):
+    with pytest.raises(BigtrainError, match="the source is an MoE model; depth and width operators grow dense"):
         grow(moe, state_dict(random_model(moe)), "stack", layers=6)
 
 

@@ -203,7 +203,7 @@ def grow(
         }
         return grow_moe(cfg, tensors, seed, moe_args, others)
     if cfg.moe is not None:
-        raise BigtrainError(f"--op {op}: the source is an MoE model; only {', '.join(MOE_OPS)} reads one (not yet)")
+        raise BigtrainError(f"--op {op}: the source is an MoE model; depth and width operators grow dense ones only")
     plan = make_plan(
         cfg,
         op,
