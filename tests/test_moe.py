@@ -135,3 +135,21 @@ def test_export_is_a_stock_mixtral_with_equal_logits_and_reads_back(tmp_path):
     other = moe_config(num_hidden_layers=2, moe={"every_n_layers": 2})
     export_hf(random_model(other), other, tmp_path / "own", None, World(0, 0, 1))
     assert open_checkpoint(tmp_path / "own").model_type == "bigtrain"
+
+
+def test_a_mixtral_saved_by_transformers_reads_as_bigtrain_with_equal_logits(tmp_path):
+    from transformers import MixtralForCausalLM
+
+    from bigtrain.ckpt.source import open_checkpoint
+    from bigtrain.growth.verify import load_model
+    from bigtrain.model.mixtral import to_mixtral_config
+
+    cfg = moe_config(num_hidden_layers=2)
+    torch.manual_seed(0)
+    mixtral = MixtralForCausalLM(to_mixtral_config(cfg)).float().eval()
+    mixtral.save_pretrained(tmp_path / "stock")  # transformers writes the per-expert names
+    src = open_checkpoint(tmp_path / "stock")
+    ids = torch.randint(0, 100, (2, 10))
+    with torch.no_grad():
+        want = mixtral(input_ids=ids).logits
+        torch.testing.assert_close(load_model(src.config, src)(input_ids=ids).logits, want, atol=1e-5, rtol=0)
