@@ -10,7 +10,7 @@ import pytest
 from bigtrain.cli.grow import main
 from bigtrain.config import GrowSpec
 from bigtrain.growth.operator import OPTIONS
-from bigtrain.growth.registry import DEPTH_OPS, REGISTRY, WIDTH_OPS, table
+from bigtrain.growth.registry import DEPTH_OPS, MOE_OPS, REGISTRY, WIDTH_OPS, table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "growth.md"
 
@@ -25,7 +25,10 @@ def test_docs_table_is_the_registry():
     assert generated_block(DOC.read_text()) == table(), "regenerate the table in docs/growth.md: bigtrain-grow --list"
 
 
-@pytest.mark.parametrize(("section", "names"), [("## Depth operators", DEPTH_OPS), ("## Width operators", WIDTH_OPS)])
+@pytest.mark.parametrize(
+    ("section", "names"),
+    [("## Depth operators", DEPTH_OPS), ("## Width operators", WIDTH_OPS), ("## MoE operators", MOE_OPS)],
+)
 def test_every_operator_has_a_row_in_its_section(section, names):
     text = DOC.read_text()
     body = text[text.index(section) :].split("\n## ", 1)[0]
@@ -34,9 +37,9 @@ def test_every_operator_has_a_row_in_its_section(section, names):
 
 
 def test_operator_objects_are_complete():
-    assert set(DEPTH_OPS) | set(WIDTH_OPS) == set(REGISTRY) and not set(DEPTH_OPS) & set(WIDTH_OPS)
+    assert set(DEPTH_OPS) | set(WIDTH_OPS) | set(MOE_OPS) == set(REGISTRY) and not set(DEPTH_OPS) & set(WIDTH_OPS)
     for op in REGISTRY.values():
-        assert op.summary and op.paper and op.preserves and op.kind in ("depth", "width")
+        assert op.summary and op.paper and op.preserves and op.kind in ("depth", "width", "moe")
         assert set(op.options) <= set(OPTIONS), op.name
         assert (op.plan is not None) == (op.kind == "depth") and (op.widen is not None) == (op.kind == "width")
         assert not any("|" in f for f in (op.summary, op.paper, op.preserves, op.code or "")), op.name

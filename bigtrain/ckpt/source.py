@@ -1,7 +1,8 @@
 """Open any checkpoint bigtrain accepts as a lazy, read-only mapping of LLaMA parameter names to tensors.
 
-Accepted: an HF directory (`config.json` with `model_type` `llama` or `bigtrain`, safetensors sharded
-or not: a bigtrain export or a stock transformers checkpoint); a bigtrain run `output_dir` (its
+Accepted: an HF directory (`config.json` with `model_type` `llama`, `mixtral` (per-expert tensors, read under
+bigtrain's names) or `bigtrain`, safetensors sharded or not: a bigtrain export or a stock transformers
+checkpoint); a bigtrain run `output_dir` (its
 newest checkpoint, named by `checkpoints/latest`); a DeepSpeed ZeRO-3 save directory (with a
 `latest` file) or one of its tag directories, saved with any number of ranks. A training checkpoint
 with a manifest must verify (files and sizes, checksums when recorded). Every tensor the config
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig
+from transformers import LlamaConfig, MixtralConfig
 
 from bigtrain.ckpt.manifest import has_manifest, manifest_problem
 from bigtrain.ckpt.safetensors_reader import SafetensorsFile
@@ -24,6 +25,7 @@ from bigtrain.ckpt.safetensors_writer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGH
 from bigtrain.ckpt.zero3 import Zero3Checkpoint, is_zero3_dir
 from bigtrain.errors import BigtrainError
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
+from bigtrain.model.mixtral import bigtrain_name, from_mixtral_config
 from bigtrain.model.param_shapes import expected_shapes
 
 TOKENIZER_FILES = (
@@ -47,7 +49,7 @@ def _config_errors() -> tuple[type[Exception], ...]:
 
 
 def read_config(path: Path) -> tuple[BigTrainConfig, str]:
-    """(config, model_type) of a directory's config.json (`llama` or `bigtrain`)."""
+    """(config, model_type) of a directory's config.json (`llama`, `mixtral` or `bigtrain`)."""
     file = path / "config.json"
     if not file.is_file():
         raise BigtrainError(f"{path}: no config.json")
@@ -63,8 +65,10 @@ def read_config(path: Path) -> tuple[BigTrainConfig, str]:
             cfg = BigTrainConfig.from_llama_config(LlamaConfig.from_pretrained(path))
         elif model_type == "bigtrain":
             cfg = BigTrainConfig.from_pretrained(path)
+        elif model_type == "mixtral":
+            cfg = from_mixtral_config(MixtralConfig.from_pretrained(path))
         else:
-            raise BigtrainError(f"{file}: model_type {model_type!r} is not supported (llama or bigtrain)")
+            raise BigtrainError(f"{file}: model_type {model_type!r} is not supported (llama, mixtral or bigtrain)")
     except _config_errors() as e:
         reason = e.__cause__ or e  # the strict validators wrap the ValueError that says what is wrong
         raise BigtrainError(f"{file}: invalid config ({str(reason).strip().splitlines()[0]})") from None
@@ -188,12 +192,21 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
         raise BigtrainError(f"{path}: only safetensors weights are read; convert *.bin / *.pt with transformers first")
     else:
         raise BigtrainError(f"{path}: no model.safetensors or {SAFE_WEIGHTS_INDEX_NAME}")
-    shapes = _check(cfg, {n: f.shape(n) for n, f in by_name.items()}, path)
+    key = {n: n for n in by_name}  # bigtrain name -> the name in the file
+    if model_type == "mixtral":
+        if any(n.endswith("experts.gate_up_proj") for n in by_name):
+            raise BigtrainError(
+                f"{path}: fused Mixtral experts (mlp.experts.gate_up_proj) are not read; save it with per-expert "
+                "tensors (block_sparse_moe.experts.N.w1/w2/w3) as bigtrain's export does"
+            )
+        key = {bigtrain_name(n): n for n in by_name}
+        by_name = {b: by_name[n] for b, n in key.items()}
+    shapes = _check(cfg, {n: f.shape(key[n]) for n, f in by_name.items()}, path)
     for name in shapes:  # weights are floats: an integer tensor is a broken file, not something to cast
-        if not by_name[name].dtype(name).is_floating_point:
-            kind = str(by_name[name].dtype(name)).removeprefix("torch.")
+        if not by_name[name].dtype(key[name]).is_floating_point:
+            kind = str(by_name[name].dtype(key[name])).removeprefix("torch.")
             raise BigtrainError(f"{path}: {name} is stored as {kind}, weights must be floating point")
-    dtypes = {by_name[n].dtype(n) for n in shapes}
+    dtypes = {by_name[n].dtype(key[n]) for n in shapes}
     dtype = torch.float32 if len(dtypes) != 1 else dtypes.pop()
     tok = path if any((path / f).is_file() for f in TOKENIZER_FILES[:2]) else None
     return CheckpointSource(
@@ -203,8 +216,8 @@ def _open_hf(path: Path, user_path: Path) -> CheckpointSource:
         model_type,
         cfg,
         tok,
-        lambda n: by_name[n].read(n),
-        lambda n, a, b: by_name[n].read_rows(n, a, b),
+        lambda n: by_name[n].read(key[n]),
+        lambda n, a, b: by_name[n].read_rows(key[n], a, b),
         shapes,
         dtype,
     )

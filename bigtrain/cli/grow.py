@@ -18,7 +18,7 @@ def parser() -> argparse.ArgumentParser:
         prog="bigtrain-grow",
         description="Grow a checkpoint (HF dir, stock LLaMA, bigtrain run dir or DeepSpeed ZeRO-3 dir) "
         "in depth and/or width with one depth and/or one width operator, composed with '+', e.g. "
-        "stack+net2net; --list shows them all.",
+        "stack+net2net, or into a Mixture-of-Experts (--op upcycle); --list shows them all.",
     )
     p.add_argument("ckpt_in", nargs="?", help="checkpoint to grow (never modified)")
     p.add_argument("ckpt_out", nargs="?", help="output HF directory (must not exist or be empty, unless --overwrite)")
@@ -47,6 +47,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", type=int, help="dus: layers dropped from each of the two copies (SOLAR: 8 of 32)")
     p.add_argument("--block", type=int, help="middle-stack: layers in the replicated middle block (default N - L)")
     p.add_argument("--snr-db", type=float, help="hypercloning: SNR in dB of the function-keeping noise (default none)")
+    p.add_argument("--experts", type=int, help="upcycle: copies of each FFN (E)")
+    p.add_argument("--top-k", type=int, help="upcycle: experts per token (K; K*G with --granularity)")
+    p.add_argument("--granularity", type=int, help="upcycle: shards per FFN copy, E*G experts of width d_f/G (1)")
+    p.add_argument("--drop-ratio", type=float, help="upcycle: Drop-Upcycling, re-initialised share of each expert (0)")
+    p.add_argument(
+        "--router-init",
+        choices=("normal", "zeros"),
+        help="upcycle: router N(0, initializer_range) (default) or zeros (uniform routing)",
+    )
     p.add_argument(
         "--optimizer",
         choices=("fresh", "carry"),
@@ -100,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
                 drop=args.drop,
                 block=args.block,
                 snr_db=args.snr_db,
+                experts=args.experts,
+                top_k=args.top_k,
+                granularity=args.granularity,
+                drop_ratio=args.drop_ratio,
+                router_init=args.router_init,
             )
         except VerificationError as e:
             print(f"error: {e}", file=sys.stderr)

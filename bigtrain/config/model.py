@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bigtrain.config.base import Section
 from bigtrain.errors import RecipeError
@@ -35,6 +35,24 @@ class LayoutConfig(Section):
     ffn_multiple: int = 256
 
 
+class MoESpec(Section):
+    """`model.moe:`: Mixture-of-Experts FFNs (bigtrain/model/moe.py). `intermediate_size` is then each expert's
+    width; every `every_n_layers`-th layer (counting from the top of each group) is MoE."""
+
+    num_experts: int = Field(ge=1)
+    top_k: int = Field(ge=1)
+    every_n_layers: int = Field(default=1, ge=1)
+    router_aux_loss_coef: float = Field(default=0.01, ge=0)
+    router_z_loss_coef: float = Field(default=0.001, ge=0)
+    normalize_top_k: bool = True  # renormalise the k chosen probabilities to sum to 1 (Mixtral)
+
+    @model_validator(mode="after")
+    def _k_within(self) -> MoESpec:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k {self.top_k} exceeds num_experts {self.num_experts}")
+        return self
+
+
 class ModelSpec(Section):
     """The recipe's `model:` section: the isotropic reference plus a layout scheme."""
 
@@ -53,6 +71,7 @@ class ModelSpec(Section):
     init_std: float = 0.02
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
     layout: LayoutConfig = Field(default_factory=LayoutConfig)
+    moe: MoESpec | None = None
 
     def build_config(self, vocab_size: int | None = None) -> BigTrainConfig:
         """The model config with the per-layer sizes that the layout scheme gives."""
@@ -73,6 +92,7 @@ class ModelSpec(Section):
             rms_norm_eps=self.rms_norm_eps,
             initializer_range=self.init_std,
             tie_word_embeddings=self.tie_embeddings,
+            moe=self.moe.model_dump() if self.moe else None,
         )
 
 

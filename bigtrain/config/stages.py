@@ -70,6 +70,8 @@ def _stage_model(recipe: Recipe, i: int, prev: ModelSpec | None, where: str) -> 
         given = stage.model.model_dump()
         sized = {k: v for k, v in given.items() if k in SIZE_FIELDS}
         grown = deep_merge(prev.model_dump(), stage.grow.sizes() if stage.grow else {})
+        if stage.grow is not None and stage.grow.op == "upcycle":  # each expert is d_f / G wide
+            grown["intermediate_size"] = prev.intermediate_size // (stage.grow.granularity or 1)
         for key, value in sized.items():
             if grown.get(key) != value:
                 how = f"grow: gives {grown.get(key)}" if stage.grow else "there is no grow: to get there"
@@ -102,7 +104,15 @@ def _check_stage_growth(
             raise RecipeError(f"{where}: step: needs a model source (init_from with growth.json)")
     elif stage.init_from is not None:
         raise RecipeError(f"{where}: init_from: only the first stage may set it (later stages start from the last)")
-    if grow is not None and prev is not None:
+    if grow is not None and prev is not None and grow.op == "upcycle":
+        if prev.moe is not None:
+            raise RecipeError(f"{where}: grow: upcycle needs a dense model, stage {prev_name!r}'s is already MoE")
+        g = grow.granularity or 1
+        if prev.intermediate_size % g:
+            raise RecipeError(
+                f"{where}: grow: granularity {g} does not divide intermediate_size {prev.intermediate_size}"
+            )
+    elif grow is not None and prev is not None:
         before, after = prev.model_dump(), spec.model_dump()
         for field in GROW_SIZES.values():
             b, a = before[field], after[field]
@@ -120,7 +130,10 @@ def _check_stage_growth(
         widened = any(after[f] != before[f] for f in GROW_SIZES.values() if f != "num_layers")
         if widened and not any(op in WIDTH_OPS for op in ops):
             raise RecipeError(f"{where}: grow: a wider model needs a width op ({', '.join(WIDTH_OPS)})")
-    if stage.step is not None and prev is not None:
+    upcycled = grow is not None and grow.op == "upcycle"
+    if stage.step is not None and upcycled and stage.step.freeze != "attention":
+        raise RecipeError(f"{where}: step: after upcycle, give step.freeze: attention (the experts must train)")
+    if stage.step is not None and prev is not None and not upcycled:
         if grow is None or spec.num_layers <= prev.num_layers:
             raise RecipeError(f"{where}: step: needs grow: to add layers (STEP trains the new layers)")
         cfg = spec.build_config()

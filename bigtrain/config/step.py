@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from bigtrain.config.base import Section
@@ -10,6 +12,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class StepConfig(Section):
@@ -27,6 +30,9 @@ class StepConfig(Section):
     train_lm_head: bool = True
     # RMSNorm weights of inherited layers: frozen with the rest of the layer by default.
     train_inherited_norms: bool = False
+    # What of an inherited layer is frozen: all of it (STEP, LLaMA Pro), or its attention only (after
+    # `grow: {op: upcycle}`: the inherited attention frozen, LoRA on it if `lora`, experts + router trained)
+    freeze: Literal["layers", "attention"] = "layers"
 
     @model_validator(mode="after")
     def _known_targets(self) -> StepConfig:
@@ -35,7 +41,16 @@ class StepConfig(Section):
             raise ValueError(f"LoRA target {unknown[0]!r} matches no module (known: {', '.join(PROJECTIONS)})")
         if not self.targets:
             raise ValueError("LoRA targets are empty")
+        if self.freeze == "attention" and self.lora and not self.lora_targets:
+            raise ValueError("freeze: attention adapts the attention only; targets name no attention projection")
         return self
+
+    @property
+    def lora_targets(self) -> list[str]:
+        """The projections that get adapters: the frozen ones among `targets`."""
+        if self.freeze == "attention":
+            return [t for t in self.targets if t in ATTENTION_PROJECTIONS]
+        return list(self.targets)
 
     @property
     def scale(self) -> float:

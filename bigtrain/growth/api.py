@@ -19,6 +19,7 @@ from bigtrain.growth.grow import grow, grow_optimizer_state
 from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
 from bigtrain.growth.verify import TOLERANCE, logit_difference, verification_batch
 from bigtrain.model import BigTrainConfig
+from bigtrain.model.mixtral import hf_config, hf_name, is_mixtral
 from bigtrain.model.param_shapes import expected_shapes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,8 +34,9 @@ class VerificationError(BigtrainError):
 
 
 def write_config(cfg: BigTrainConfig, out_dir: Path, dtype: torch.dtype) -> None:
-    """A uniform model as a stock LLaMA config (plain transformers loads it), otherwise `bigtrain`."""
-    config = cfg.to_llama_config() if cfg.is_uniform else cfg
+    """A uniform model as a stock LLaMA config (plain transformers loads it), an MoE one Mixtral holds as a
+    stock Mixtral config (its tensors under Mixtral's names: `hf_name`), otherwise `bigtrain`."""
+    config = hf_config(cfg)[0] if cfg.is_uniform or is_mixtral(cfg) else cfg
     config.dtype = str(dtype).removeprefix("torch.")
     config.save_pretrained(out_dir)
 
@@ -98,12 +100,13 @@ def grow_checkpoint(
     record.source = {"path": str(ckpt_in.resolve()), "kind": src.kind, "weights": str(src.weights_dir)}
     record.extra["dtype"] = str(out_dtype).removeprefix("torch.")
     with atomic_directory(ckpt_out, overwrite=True) as tmp:  # emptiness / --overwrite checked above
-        plan = [(name, shape, out_dtype) for name, shape in expected_shapes(grown.config).items()]
+        rename = hf_name(grown.config)
+        plan = [(rename(name), shape, out_dtype) for name, shape in expected_shapes(grown.config).items()]
         writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes=max_shard_bytes)
         disable = None if progress is None else not progress
         for name, blocks in tqdm(grown.blocks, total=grown.num_tensors, desc="grow", unit="tensor", disable=disable):
             for block in blocks:
-                writer.write(name, block.to(out_dtype))
+                writer.write(rename(name), block.to(out_dtype))
         writer.close()
         if optimizer == "carry":
             write_moments(src, tmp / OPTIMIZER_DIR, op, op_args, adam_step, max_shard_bytes)
@@ -143,12 +146,13 @@ def write_moments(
     for key in MOMENTS:
         state = src.optimizer_state(key)
         grown = grow_optimizer_state(src.config, _Sqrt(state) if key == "exp_avg_sq" else state, op, **op_args)
-        plan = [(name, shape, torch.float32) for name, shape in expected_shapes(grown.config).items()]
+        rename = hf_name(grown.config)
+        plan = [(rename(name), shape, torch.float32) for name, shape in expected_shapes(grown.config).items()]
         (out / key).mkdir(parents=True)
         writer = StreamingSafetensorsWriter(out / key, plan, max_shard_bytes=shard_bytes)
         for name, blocks in grown.blocks:
             for block in blocks:
-                writer.write(name, block.float().square() if key == "exp_avg_sq" else block.float())
+                writer.write(rename(name), block.float().square() if key == "exp_avg_sq" else block.float())
         writer.close()
         write_config(grown.config, out / key, torch.float32)  # each a checkpoint of the grown shape
     (out / OPTIMIZER_STATE).write_text(json.dumps({"step": step, "keys": list(MOMENTS), "source": str(src.path)}))
@@ -190,6 +194,10 @@ def describe(record: GrowthRecord) -> str:
         f"{s['num_attention_heads']}/{s['num_key_value_heads']} -> {t['num_attention_heads']}/{t['num_key_value_heads']}",
         f"inherited layers {record.inherited_layers()}, new layers {record.new_layers()}",
     ]
+    if t.get("moe"):
+        lines.append(
+            f"MoE: {t['moe']['num_experts']} experts of width {t['intermediate_size']}, top-{t['moe']['top_k']}"
+        )
     if record.verify:
         v = record.verify
         claim = "claims preservation" if v["function_preserving"] else "not function-preserving"

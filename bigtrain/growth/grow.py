@@ -32,8 +32,9 @@ from bigtrain.growth.depth import (
 )
 from bigtrain.growth.mixture import template_combination
 from bigtrain.growth.operator import DepthArgs
-from bigtrain.growth.record import GrowthRecord, LayerRecord
-from bigtrain.growth.registry import DEPTH_OPS, REGISTRY, parse_ops, taking
+from bigtrain.growth.record import NON_LAYER, GrowthRecord, LayerRecord, config_summary
+from bigtrain.growth.registry import DEPTH_OPS, MOE_OPS, REGISTRY, parse_ops, split_op, taking
+from bigtrain.growth.upcycle import DEFAULT_ROUTER_INIT, upcycle, upcycle_record
 from bigtrain.growth.width import (
     DEFAULT_NOISE_STD,
     DEFAULT_SPLIT,
@@ -49,9 +50,6 @@ from bigtrain.growth.width import (
 )
 from bigtrain.model.configuration import BigTrainConfig, architecture_problems
 from bigtrain.model.param_shapes import expected_shapes, layer_shapes
-
-NON_LAYER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
-
 
 ROW_BLOCK = 4096  # vocabulary rows of the embedding / LM head grown at a time
 
@@ -85,22 +83,6 @@ def seeded(seed: int) -> Any:
         return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
 
     return generator
-
-
-def config_summary(cfg: BigTrainConfig) -> dict[str, Any]:
-    return {
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "hidden_size": cfg.hidden_size,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.intermediate_size,
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "layer_intermediate_sizes": list(cfg.layer_intermediate_sizes),
-        "layer_num_attention_heads": list(cfg.layer_num_attention_heads),
-        "layer_num_key_value_heads": list(cfg.layer_num_key_value_heads),
-        "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-    }
 
 
 def _resized(cfg: BigTrainConfig, **fields: Any) -> BigTrainConfig:
@@ -188,9 +170,40 @@ def grow(
     drop: int | None = None,
     block: int | None = None,
     snr_db: float | None = None,
+    experts: int | None = None,
+    top_k: int | None = None,
+    granularity: int | None = None,
+    drop_ratio: float | None = None,
+    router_init: str | None = None,
 ) -> Grown:
     """Phases: plan (operators, target config), record, produce (lazily, tensor by tensor)."""
     generator = seeded(seed)
+    moe_args = {
+        "experts": experts,
+        "top_k": top_k,
+        "granularity": granularity,
+        "drop_ratio": drop_ratio,
+        "router_init": router_init,
+    }
+    if split_op(op) and split_op(op)[0] in MOE_OPS and len(split_op(op)) == 1:
+        others = {
+            "layers": layers,
+            "hidden": hidden,
+            "ffn": ffn,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "init": init,
+            "split": split,
+            "split_spread": split_spread,
+            "noise_std": noise_std,
+            "placement": placement,
+            "drop": drop,
+            "block": block,
+            "snr_db": snr_db,
+        }
+        return grow_moe(cfg, tensors, seed, moe_args, others)
+    if cfg.moe is not None:
+        raise BigtrainError(f"--op {op}: the source is an MoE model; depth and width operators grow dense ones only")
     plan = make_plan(
         cfg,
         op,
@@ -205,7 +218,7 @@ def grow(
         split_spread,
         noise_std,
         placement,
-        {"drop": drop, "block": block, "snr_db": snr_db},
+        {"drop": drop, "block": block, "snr_db": snr_db, **moe_args},
     )
     args = {
         "layers": layers,
@@ -238,6 +251,42 @@ def grow_config(cfg: BigTrainConfig, op: str | Sequence[str], **args: Any) -> Gr
     return grow(cfg, {}, op, **args).record
 
 
+def grow_moe(
+    cfg: BigTrainConfig,
+    tensors: Mapping[str, torch.Tensor],
+    seed: int,
+    moe_args: dict[str, Any],
+    others: dict[str, Any],
+    moments: bool = False,
+) -> Grown:
+    """`upcycle` (upcycle.py): used alone; the options of other operators are errors."""
+    given = [k for k, v in others.items() if v is not None]
+    if given:
+        raise BigtrainError(f"--op upcycle: --{given[0].replace('_', '-')} does not apply to upcycle")
+    args = {
+        "experts": moe_args["experts"],
+        "top_k": moe_args["top_k"],
+        "granularity": moe_args["granularity"] or 1,
+        "drop_ratio": moe_args["drop_ratio"] or 0.0,
+        "router_init": moe_args["router_init"] or DEFAULT_ROUTER_INIT,
+        "seed": seed,
+    }
+    out, tensors_out = upcycle(
+        cfg,
+        tensors,
+        seeded(seed),
+        args["experts"],
+        args["top_k"],
+        args["granularity"],
+        args["drop_ratio"],
+        args["router_init"],
+        moments=moments,
+    )
+    record = upcycle_record(cfg, out, args)
+    blocks = ((name, iter([t])) for name, t in tensors_out)
+    return Grown(out, blocks, record, len(expected_shapes(out)))
+
+
 def grow_optimizer_state(
     cfg: BigTrainConfig, state: Mapping[str, torch.Tensor], op: str | Sequence[str], **op_args: Any
 ) -> Grown:
@@ -246,6 +295,10 @@ def grow_optimizer_state(
     a copied weight gets a copy of its state and a scaled one the state scaled alike (Adam's update is
     invariant to that scale: every copy's first update is its source's). New parameters, random or zero,
     start at zero state (the random init is scaled to zero); Net2Net's and HyperCloning's noise are left out."""
+    if split_op(op) == ["upcycle"]:  # copies carry their state; the router and re-initialised entries start at 0
+        moe = {k: op_args.pop(k, None) for k in ("experts", "top_k", "granularity", "drop_ratio", "router_init")}
+        seed = op_args.pop("seed", 0)
+        return grow_moe(cfg, state, seed, moe, {k: v for k, v in op_args.items() if v is not None}, moments=True)
     _, width_op = parse_ops(op)
     if width_op == "mixture":
         raise BigtrainError("grow.optimizer: carry: mixture builds new weights from templates; use optimizer: fresh")

@@ -46,6 +46,11 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "split_spread": (float, "asymmetric: fractions from U(1-s, 1+s)"),
     "noise_std": (float, "noise: relative std of the replicas' perturbation"),
     "snr_db": (float, "hypercloning: signal-to-noise ratio (dB) of the +-noise on cloned blocks"),
+    "experts": (int, "upcycle: copies of each FFN (experts before granularity)"),
+    "top_k": (int, "upcycle: experts per token (before granularity)"),
+    "granularity": (int, "upcycle: shards per FFN copy (E*G experts of width d_f/G, top-k K*G)"),
+    "drop_ratio": (float, "upcycle: Drop-Upcycling's re-initialised fraction of each expert's dimensions"),
+    "router_init": (str, "upcycle: normal | zeros"),
 }
 WIDTH_SIZES = ("hidden", "ffn", "heads", "kv_heads")
 
@@ -65,7 +70,7 @@ class DepthArgs:
 @dataclass(frozen=True)
 class Operator:
     name: str
-    kind: Literal["depth", "width"]
+    kind: Literal["depth", "width", "moe"]  # moe: dense -> Mixture-of-Experts (upcycle.py), used alone
     summary: str  # one line
     paper: str  # authors, venue, arXiv id
     code: str | None  # the authors' code, where public

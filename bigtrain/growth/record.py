@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigtrain.errors import BigtrainError
+
+if TYPE_CHECKING:
+    from bigtrain.model.configuration import BigTrainConfig
 
 GROWTH_RECORD_NAME = "growth.json"
 FORMAT_VERSION = 1
@@ -66,3 +69,22 @@ def read_growth_record(directory: str | Path) -> GrowthRecord:
         return GrowthRecord.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise BigtrainError(f"{path}: corrupt growth record ({e})") from None
+
+
+NON_LAYER = ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight")
+
+
+def config_summary(cfg: BigTrainConfig) -> dict[str, Any]:
+    return {
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "layer_intermediate_sizes": list(cfg.layer_intermediate_sizes),
+        "layer_num_attention_heads": list(cfg.layer_num_attention_heads),
+        "layer_num_key_value_heads": list(cfg.layer_num_key_value_heads),
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+    }

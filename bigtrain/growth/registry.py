@@ -15,16 +15,18 @@ from bigtrain.growth.hypercloning import OPERATOR as HYPERCLONING
 from bigtrain.growth.middle_stack import OPERATOR as MIDDLE_STACK
 from bigtrain.growth.mixture import OPERATOR as MIXTURE
 from bigtrain.growth.operator import Operator
+from bigtrain.growth.upcycle import OPERATOR as UPCYCLE
 from bigtrain.growth.width import OPERATORS as WIDTH_OPERATORS
 
-OPERATORS = (*DEPTH_OPERATORS, DUS, BLOCK_EXPAND, MIDDLE_STACK, *WIDTH_OPERATORS, MIXTURE, HYPERCLONING)
+OPERATORS = (*DEPTH_OPERATORS, DUS, BLOCK_EXPAND, MIDDLE_STACK, *WIDTH_OPERATORS, MIXTURE, HYPERCLONING, UPCYCLE)
 REGISTRY: dict[str, Operator] = {op.name: op for op in OPERATORS}
 DEPTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "depth")
 WIDTH_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "width")
+MOE_OPS = tuple(name for name, op in REGISTRY.items() if op.kind == "moe")  # used alone, never with '+'
 
 
 def known() -> str:
-    return ", ".join(DEPTH_OPS + WIDTH_OPS)
+    return ", ".join(DEPTH_OPS + WIDTH_OPS + MOE_OPS)
 
 
 def split_op(op: str | Sequence[str]) -> list[str]:
@@ -34,6 +36,8 @@ def split_op(op: str | Sequence[str]) -> list[str]:
 def parse_ops(op: str | Sequence[str]) -> tuple[str | None, str | None]:
     """(depth operator, width operator) of "depth+width", either optional; one error line otherwise."""
     names = split_op(op)
+    if any(n in MOE_OPS for n in names):
+        raise BigtrainError(f"--op {op}: {', '.join(MOE_OPS)} is used alone, not composed with '+'")
     depth_ops = [n for n in names if n in DEPTH_OPS]
     width_ops = [n for n in names if n in WIDTH_OPS]
     unknown = [n for n in names if n not in REGISTRY]

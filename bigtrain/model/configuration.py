@@ -38,6 +38,10 @@ class BigTrainConfig(PreTrainedConfig):
     pad_token_id: int | None = None
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
+    # Mixture-of-Experts FFNs (bigtrain/model/moe.py): None = dense. Keys: num_experts, top_k, every_n_layers,
+    # router_aux_loss_coef, router_z_loss_coef, normalize_top_k (MOE_DEFAULTS). In an MoE layer
+    # `layer_intermediate_sizes[i]` is the width of each expert.
+    moe: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         n = self.num_hidden_layers
@@ -52,7 +56,16 @@ class BigTrainConfig(PreTrainedConfig):
         self.layer_num_key_value_heads = [int(x) for x in self.layer_num_key_value_heads]
         if self.rope_parameters is None:
             self.rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+        if self.moe is not None:
+            self.moe = {**MOE_DEFAULTS, **self.moe}
         super().__post_init__(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A dense model's config.json is as before MoE existed (no `moe: null`)."""
+        out = super().to_dict()
+        if out.get("moe") is None:
+            out.pop("moe", None)
+        return out
 
     def validate_architecture(self) -> None:
         problems = architecture_problems(self)
@@ -60,10 +73,23 @@ class BigTrainConfig(PreTrainedConfig):
             raise ValueError(problems[0])
 
     # --- derived facts -------------------------------------------------------------------------
+    def layer_is_moe(self, i: int) -> bool:
+        """Whether layer i's FFN is a mixture of experts: every `every_n_layers`-th layer, counting from the
+        top of each group (every_n_layers 2: layers 1, 3, 5, ...), and only layers that have an FFN."""
+        if self.moe is None or not self.layer_intermediate_sizes[i]:
+            return False
+        return (i + 1) % int(self.moe["every_n_layers"]) == 0
+
+    @property
+    def is_moe(self) -> bool:
+        return any(self.layer_is_moe(i) for i in range(self.num_hidden_layers))
+
     @property
     def is_uniform(self) -> bool:
+        """Equal sizes in every layer and dense: a stock LLaMA."""
         return (
-            set(self.layer_intermediate_sizes) == {self.intermediate_size}
+            self.moe is None
+            and set(self.layer_intermediate_sizes) == {self.intermediate_size}
             and set(self.layer_num_attention_heads) == {self.num_attention_heads}
             and set(self.layer_num_key_value_heads) == {self.num_key_value_heads}
         )
@@ -71,7 +97,7 @@ class BigTrainConfig(PreTrainedConfig):
     def to_llama_config(self) -> LlamaConfig:
         """The stock transformers config of a uniform model (same parameter names, same function)."""
         if not self.is_uniform:
-            raise ValueError("only a uniform model (equal sizes in every layer) exports as a stock LLaMA")
+            raise ValueError("only a uniform dense model (equal sizes in every layer) exports as a stock LLaMA")
         return LlamaConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -117,6 +143,28 @@ class BigTrainConfig(PreTrainedConfig):
         )
 
 
+MOE_DEFAULTS: dict[str, Any] = {
+    "num_experts": 8,
+    "top_k": 2,
+    "every_n_layers": 1,
+    "router_aux_loss_coef": 0.01,
+    "router_z_loss_coef": 0.001,
+    "normalize_top_k": True,
+}
+
+
+def moe_problems(moe: dict[str, Any]) -> list[str]:
+    out = [f"moe: unknown key {k!r} (known: {', '.join(MOE_DEFAULTS)})" for k in moe if k not in MOE_DEFAULTS]
+    e, k, n = moe.get("num_experts", 0), moe.get("top_k", 0), moe.get("every_n_layers", 1)
+    if e < 1:
+        out.append(f"moe: num_experts must be >= 1, got {e}")
+    if not 1 <= k <= max(e, 1):
+        out.append(f"moe: top_k must be in [1, num_experts = {e}], got {k}")
+    if n < 1:
+        out.append(f"moe: every_n_layers must be >= 1, got {n}")
+    return out
+
+
 def architecture_problems(cfg: BigTrainConfig) -> list[str]:
     """Every reason this architecture cannot be built, as one-line messages (empty when fine)."""
     n = cfg.num_hidden_layers
@@ -129,6 +177,8 @@ def architecture_problems(cfg: BigTrainConfig) -> list[str]:
         values = getattr(cfg, name)
         if len(values) != n:
             out.append(f"{name} has {len(values)} entries for {n} layers")
+    if cfg.moe is not None:
+        out.extend(moe_problems(cfg.moe))
     if out:
         return out
     for i, (ffn, q, kv) in enumerate(

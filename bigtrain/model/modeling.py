@@ -2,7 +2,8 @@
 
 Pre-norm blocks (RMSNorm), rotary position embeddings, grouped-query attention through
 transformers' attention functions (SDPA by default, flash-attention when installed), and a
-SwiGLU FFN whose width may differ per layer or be absent (attention-only layer). The elementwise kernels
+SwiGLU FFN whose width may differ per layer or be absent (attention-only layer), or a Mixture-of-Experts FFN
+(moe.py: a router and E SwiGLU experts; its load-balancing and z losses join the training loss). The elementwise kernels
 (RMSNorm, RoPE, SwiGLU) are PyTorch or liger-kernel's (`select_kernels`), and the training loss may be computed
 without materialising the logits (`select_loss`, see loss.py).
 
@@ -21,12 +22,13 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, MoeCausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from bigtrain.model.configuration import BigTrainConfig
 from bigtrain.model.kernels import TORCH_KERNELS, Kernels, get_kernels
 from bigtrain.model.loss import linear_cross_entropy
+from bigtrain.model.moe import MoEFeedForward, RoutingStats
 
 
 class RMSNorm(nn.Module):
@@ -157,7 +159,11 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.self_attn = Attention(config, layer_idx)
         ffn = config.layer_intermediate_sizes[layer_idx]
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps) if ffn else None
-        self.mlp = SwiGLU(config.hidden_size, ffn) if ffn else None
+        self.mlp: nn.Module | None = None
+        if config.layer_is_moe(layer_idx):
+            self.mlp = MoEFeedForward(config.hidden_size, config.moe, lambda: SwiGLU(config.hidden_size, ffn))
+        elif ffn:
+            self.mlp = SwiGLU(config.hidden_size, ffn)
 
     def forward(
         self,
@@ -271,6 +277,31 @@ class BigTrainForCausalLM(BigTrainPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
+    def moe_blocks(self) -> list[tuple[int, MoEFeedForward]]:
+        """(layer, MoE FFN) of every MoE layer."""
+        return [(i, layer.mlp) for i, layer in enumerate(self.model.layers) if isinstance(layer.mlp, MoEFeedForward)]
+
+    def moe_losses(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last forward's load-balancing and z losses, each summed over the MoE layers (None: dense)."""
+        blocks = [b for _, b in self.moe_blocks() if b.aux_loss is not None]
+        if not blocks:
+            return None
+        return torch.stack([b.aux_loss for b in blocks]).sum(), torch.stack([b.z_loss for b in blocks]).sum()
+
+    def routing_stats(self) -> dict[int, RoutingStats]:
+        """Per MoE layer, the last forward's routing statistics (for metrics)."""
+        return {i: b.stats for i, b in self.moe_blocks() if b.stats is not None}
+
+    def with_moe_losses(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the training objective, the weighted auxiliary part) of a cross-entropy `loss`: in training, an MoE
+        model adds router_aux_loss_coef x load balancing + router_z_loss_coef x z-loss; in eval, nothing."""
+        losses = self.moe_losses() if self.training and self.config.moe is not None else None
+        if losses is None:
+            return loss, None
+        moe = self.config.moe
+        aux = moe["router_aux_loss_coef"] * losses[0] + moe["router_z_loss_coef"] * losses[1]
+        return loss + aux.to(loss.dtype), aux
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
@@ -285,7 +316,9 @@ class BigTrainForCausalLM(BigTrainPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs: object,
-    ) -> CausalLMOutputWithPast:
+    ) -> MoeCausalLMOutputWithPast:
+        """`loss` is the training objective (cross-entropy, plus the MoE auxiliary losses in training);
+        `aux_loss` the auxiliary part alone (None for a dense model or in eval)."""
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -297,15 +330,16 @@ class BigTrainForCausalLM(BigTrainPreTrainedModel, GenerationMixin):
         )
         hidden = out.last_hidden_state
         if labels is not None and self.loss_kind != "plain" and not logits_to_keep:
-            loss = linear_cross_entropy(hidden, self.lm_head.weight, labels, self.loss_kind)
-            return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values)
+            loss, aux = self.with_moe_losses(linear_cross_entropy(hidden, self.lm_head.weight, labels, self.loss_kind))
+            return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=None, past_key_values=out.past_key_values)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        loss = None
+        loss = aux = None
         if labels is not None:
             # labels are the inputs (HF convention): predict token t+1 from tokens <= t
             loss = nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+            loss, aux = self.with_moe_losses(loss)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, past_key_values=out.past_key_values)

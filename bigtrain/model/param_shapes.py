@@ -39,7 +39,14 @@ def layer_shapes(cfg: BigTrainConfig, i: int, prefix: str = "") -> dict[str, tup
         f"{prefix}self_attn.v_proj.weight": (kv * hd, d),
         f"{prefix}self_attn.o_proj.weight": (d, q * hd),
     }
-    if f:
+    if f and cfg.layer_is_moe(i):  # a router, then E experts of width f (bigtrain/model/moe.py)
+        out[f"{prefix}post_attention_layernorm.weight"] = (d,)
+        out[f"{prefix}mlp.router.weight"] = (cfg.moe["num_experts"], d)  # type: ignore[index]
+        for e in range(cfg.moe["num_experts"]):  # type: ignore[index]
+            out[f"{prefix}mlp.experts.{e}.gate_proj.weight"] = (f, d)
+            out[f"{prefix}mlp.experts.{e}.up_proj.weight"] = (f, d)
+            out[f"{prefix}mlp.experts.{e}.down_proj.weight"] = (d, f)
+    elif f:
         out[f"{prefix}post_attention_layernorm.weight"] = (d,)
         out[f"{prefix}mlp.gate_proj.weight"] = (f, d)
         out[f"{prefix}mlp.up_proj.weight"] = (f, d)

@@ -75,6 +75,17 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def moe_leaf_modules(model: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a leaf module's parameters all at once, in its own forward hook, and none of its
+    submodules' hooks fire: the MoE block's experts are fetched together whichever of them a rank's tokens
+    reach, so ranks whose routing differs still run the same gathers (DeepSpeed's way for Mixtral)."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    from bigtrain.model.moe import MoEFeedForward
+
+    set_z3_leaf_modules(model, [MoEFeedForward])
+
+
 def build(recipe: Recipe, world: World, saved: TrainState | None, resuming: bool, total_steps: int) -> Built:
     out, t = Path(recipe.output_dir), recipe.train
     cache = Path(recipe.data.cache_dir or out / "data")
@@ -100,6 +111,8 @@ def build(recipe: Recipe, world: World, saved: TrainState | None, resuming: bool
         model = apply_step(model, recipe.step, recipe.init_from)
         block_transform = functools.partial(merge_block, scale=recipe.step.scale)
         step_flops = step_flops_change(model)
+    if zero3 and model_cfg.is_moe:
+        moe_leaf_modules(model)
     fast_path = prepare_model(model, recipe, zero3)
     gbs, accum = recipe.global_batch(world.size)
     engine, optimizer, _, _ = deepspeed.initialize(

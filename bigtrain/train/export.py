@@ -2,8 +2,9 @@
 
 Parameters are gathered one block (a decoder layer, or embeddings / norm / head) at a time and
 appended to the shards by rank 0 (the shard headers are planned from the config), so exporting holds
-one block, never the model. A uniform model is written as a stock `LlamaForCausalLM`; a heterogeneous
-one as `model_type: bigtrain`.
+one block, never the model. A uniform model is written as a stock `LlamaForCausalLM`, an MoE model whose
+layout Mixtral holds (every layer MoE, uniform sizes: bigtrain/model/mixtral.py) as a stock
+`MixtralForCausalLM`; any other as `model_type: bigtrain`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 
 from bigtrain.ckpt.atomic import atomic_directory
 from bigtrain.ckpt.safetensors_writer import StreamingSafetensorsWriter
 from bigtrain.model import BigTrainConfig
+from bigtrain.model.mixtral import hf_config, hf_name
 from bigtrain.model.param_shapes import expected_shapes
 from bigtrain.train.distributed import World, barrier
 from bigtrain.train.weights import gathered, named_blocks
@@ -24,9 +27,9 @@ from bigtrain.train.weights import gathered, named_blocks
 BlockTransform = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def export_config(cfg: BigTrainConfig, dtype: torch.dtype) -> BigTrainConfig:
-    out = cfg.to_llama_config() if cfg.is_uniform else BigTrainConfig.from_dict(cfg.to_dict())
-    out.architectures = ["LlamaForCausalLM" if cfg.is_uniform else "BigTrainForCausalLM"]
+def export_config(cfg: BigTrainConfig, dtype: torch.dtype) -> PreTrainedConfig:
+    out, arch = hf_config(cfg)
+    out.architectures = [arch]
     out.dtype = dtype
     return out
 
@@ -45,8 +48,9 @@ def export_hf(
     tmp = context.__enter__() if context else None
     try:
         dtype = next(module.parameters()).dtype
-        plan = [(name, shape, dtype) for name, shape in expected_shapes(cfg).items()]
-        order = {name: i for i, (name, _, _) in enumerate(plan)}
+        rename = hf_name(cfg)
+        plan = [(rename(name), shape, dtype) for name, shape in expected_shapes(cfg).items()]
+        order = {name: i for i, name in enumerate(expected_shapes(cfg))}
         writer = StreamingSafetensorsWriter(tmp, plan, max_shard_bytes) if tmp else None
         for _, params in named_blocks(module):
             with gathered([p for _, p in params], modifier_rank=None):
@@ -55,7 +59,7 @@ def export_hf(
                 block = {name: p.detach().to("cpu", copy=True) for name, p in params}
                 block = transform(block) if transform else block
                 for name in sorted(block, key=lambda n: order[n]):
-                    writer.write(name, block[name].to(dtype))
+                    writer.write(rename(name), block[name].to(dtype))
         if writer is not None and tmp is not None:
             writer.close()
             export_config(cfg, dtype).save_pretrained(tmp)

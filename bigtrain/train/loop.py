@@ -150,12 +150,15 @@ def loop(
         for line in sampler.new_epochs(state.step) if world.is_main else []:
             print(f"bigtrain: step {state.step + 1}: {line}", flush=True)
         loss_sum = torch.zeros((), device=engine.device)
+        aux_sum = torch.zeros((), device=engine.device)  # MoE: the weighted auxiliary losses in `loss`
         for micro_step in range(accum):
             batch = batches.get(state.step, micro_step)
-            loss = engine(input_ids=batch, labels=batch).loss
-            engine.backward(loss)
+            result = engine(input_ids=batch, labels=batch)
+            engine.backward(result.loss)
             engine.step()
-            loss_sum += loss.detach().float()
+            loss_sum += result.loss.detach().float()
+            if result.aux_loss is not None:
+                aux_sum += result.aux_loss.detach().float()
         state.step += 1
         state.tokens += gbs * recipe.data.seq_len
         state.data = sampler.position(state.step * gbs)
@@ -164,7 +167,9 @@ def loop(
 
         record = None
         if state.step % t.log_every == 0 or state.step == total_steps:
-            record = step_record(recipe, run, state, world, loss_sum, timer, sampler, info)
+            record = step_record(recipe, run, state, world, loss_sum - aux_sum, timer, sampler, info)
+            if run.model_cfg.is_moe:
+                record.update(moe_record(engine.module, aux_sum, run.accum * world.size))
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
         if data.eval is not None and state.step < total_steps and eval_due(t, state.step, grown):
             last_eval = evaluate(engine, data.eval, world, t.micro_batch_size, t.eval_batches)
@@ -219,6 +224,30 @@ def step_record(
         "mfu_palm": mfu(info["flops_per_token_palm"], tokens_per_s, peak, world.size),
         "memory_bytes": peak_memory_bytes(),
         "memory_reserved_bytes": peak_reserved_bytes(),
+    }
+
+
+def moe_record(model: Any, aux_sum: torch.Tensor, micro_batches: int) -> dict[str, Any]:
+    """An MoE model's metrics of a logging step (a collective): the weighted auxiliary loss (mean over ranks and
+    micro batches; `loss` is the cross-entropy alone) and, of the step's last micro batch, per MoE layer the
+    routing assignments each expert received over all ranks, the routing entropy (nats, mean over ranks), and
+    how many (rank, expert) pairs received no token (an expert idle on a rank while busy on another)."""
+    stats = model.routing_stats()
+    layers = sorted(stats)
+    counts = torch.stack([stats[i].tokens_per_expert for i in layers]).to(aux_sum.device)
+    idle = (counts == 0).sum(dim=1).float()
+    entropy = torch.stack([stats[i].entropy for i in layers]).to(aux_sum.device).float()
+    packed = torch.cat([aux_sum.reshape(1), counts.flatten(), idle, entropy])
+    dist.all_reduce(packed)
+    world = dist.get_world_size()
+    n, e = counts.shape
+    counts = packed[1 : 1 + n * e].reshape(n, e)
+    idle, entropy = packed[1 + n * e : 1 + n * e + n], packed[1 + n * e + n :] / world
+    return {
+        "moe_aux_loss": float(packed[0]) / micro_batches,
+        "moe_tokens_per_expert": {str(i): [int(c) for c in counts[k].tolist()] for k, i in enumerate(layers)},
+        "moe_routing_entropy": {str(i): float(entropy[k]) for k, i in enumerate(layers)},
+        "moe_idle_experts": {str(i): int(idle[k]) for k, i in enumerate(layers)},
     }
 
 

@@ -28,6 +28,15 @@ def resolve_model_config(recipe: Recipe, tokenizer_vocab: int) -> BigTrainConfig
         except BigtrainError as e:
             raise BigtrainError(f"init_from: {e}") from None
         where = f"init_from={recipe.init_from}"
+        if cfg.moe is not None and recipe.model.moe is not None:  # the recipe's auxiliary-loss weights
+            spec = recipe.model.moe
+            if (spec.num_experts, spec.top_k) != (cfg.moe["num_experts"], cfg.moe["top_k"]):
+                raise BigtrainError(
+                    f"init_from={recipe.init_from}: {cfg.moe['num_experts']} experts top-{cfg.moe['top_k']}, "
+                    f"model.moe says {spec.num_experts} top-{spec.top_k}"
+                )
+            cfg.moe = {**cfg.moe, "router_aux_loss_coef": spec.router_aux_loss_coef}
+            cfg.moe["router_z_loss_coef"] = spec.router_z_loss_coef
     else:
         cfg = recipe.model.build_config(model_vocab_size(recipe.model, tokenizer_vocab))
         where = "model.vocab_size"

@@ -34,6 +34,8 @@ def trainable_in_step(name: str, inherited: set[int], step: StepConfig) -> bool:
     if i is not None:
         if i not in inherited:
             return True
+        if step.freeze == "attention" and ".self_attn." not in name and not name.endswith("input_layernorm.weight"):
+            return True  # the FFN side (MoE experts and router, their norm) trains
         return step.train_inherited_norms and name.endswith("layernorm.weight")
     if name.startswith("model.embed_tokens."):
         return step.train_embeddings
@@ -49,7 +51,7 @@ def lora_shapes(
     if not step.lora:  # LLaMA Pro: frozen without adapters
         return out
     for layer, module, fan_in, fan_out in layer_linears:
-        if layer in inherited and module.rsplit(".", 1)[-1] in step.targets:
+        if layer in inherited and module.rsplit(".", 1)[-1] in step.lora_targets:
             out.append((f"{module}.lora_A.{ADAPTER}.weight", (step.lora_rank, fan_in)))
             out.append((f"{module}.lora_B.{ADAPTER}.weight", (fan_out, step.lora_rank)))
     return out
@@ -127,10 +129,10 @@ def matching_targets(model: nn.Module, inherited: set[int], step_cfg: StepConfig
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and layer_index(name + ".") in inherited
-        and name.rsplit(".", 1)[-1] in step_cfg.targets
+        and name.rsplit(".", 1)[-1] in step_cfg.lora_targets
     ]
     if not names:
-        raise BigtrainError(f"step.targets {step_cfg.targets} match no linear layer of the inherited layers")
+        raise BigtrainError(f"step.targets {step_cfg.lora_targets} match no linear layer of the inherited layers")
     return names
 
 
