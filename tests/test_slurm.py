@@ -176,6 +176,82 @@ def test_launch_needs_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyP
         Launch.detect()
 
 
+def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """Stand-in srun/scontrol for running train.sbatch outside Slurm: srun exits $FAKE_RC (saying
+    $FAKE_SRUN_SAYS on stderr), scontrol names $FAKE_LOG as the job's log and records each requeue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "srun").write_text(
+        f'#!/bin/bash\necho srun >> {calls}\n[ -n "${{FAKE_SRUN_SAYS:-}}" ] && echo "srun: error: $FAKE_SRUN_SAYS" >&2\n'
+        'exit "${FAKE_RC:-0}"\n'
+    )
+    (bin_dir / "scontrol").write_text(
+        '#!/bin/bash\ncase "$1 $2" in\n  "show hostnames") echo bt-node1 ;;\n'
+        '  "show job") echo "   StdOut=$FAKE_LOG" ;;\n'
+        f'  requeue*) echo "$@" >> {calls} ;;\nesac\n'
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "BIGTRAIN_MAX"))}
+    env |= {"PATH": f"{bin_dir}:{env['PATH']}", "BIGTRAIN_HOME": str(REPO), "BIGTRAIN_PYTHON": "python3"}
+    env |= {"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "bt-node1", "SLURM_JOB_NUM_NODES": "1"}
+    return env, calls
+
+
+def test_time_limit_requeues_and_failure_restarts_have_their_own_caps(tmp_path: Path) -> None:
+    """train.sbatch's requeue decisions, run as Slurm would start each restart (log appended, the restart
+    counted by Slurm): the two kinds are counted apart from the log's lines, so failure restarts never use
+    up time-limit requeues (a 3-week run on a 4-hour partition needs ~126 of those)."""
+    env, calls = fake_slurm(tmp_path)
+    log = tmp_path / "bigtrain-42.out"
+    env |= {"FAKE_LOG": str(log), "BIGTRAIN_MAX_TIME_REQUEUES": "2", "BIGTRAIN_MAX_FAILURE_RESTARTS": "1"}
+
+    def start(restart: int, rc: int, says: str = "", **extra: str) -> tuple[int, str]:
+        before = read(log) if log.exists() else ""
+        run_env = env | extra | {"SLURM_RESTART_COUNT": str(restart), "FAKE_RC": str(rc), "FAKE_SRUN_SAYS": says}
+        with log.open("a") as out:
+            code = subprocess.run(
+                ["bash", str(TRAIN_SBATCH), "recipes/demo.yaml"], env=run_env, stdout=out, stderr=out, check=False
+            ).returncode
+        return code, read(log)[len(before) :]
+
+    code, text = start(0, 3)  # checkpointed on the signal
+    assert code == 0 and "requeues so far: 0 of 2 for the time limit, 0 of 1 after a failure (from the log)" in text
+    assert "bigtrain: time limit (ranks exited with code 3 after the signal); requeueing job 42, " in text, text
+    assert "time-limit requeue 1 of 2\n" in text
+    code, text = start(1, 137)  # a rank killed by SIGKILL
+    assert code == 0, text
+    assert (
+        "bigtrain: lost rank (exit 137: a rank was killed by signal 9); requeueing job 42, failure restart 1 of 1"
+        in text
+    )
+    code, text = start(2, 3)  # Slurm counts 2 restarts, but only 1 was for the time limit: requeued again
+    assert code == 0 and "requeues so far: 1 of 2 for the time limit, 1 of 1 after a failure" in text, text
+    assert "time-limit requeue 2 of 2\n" in text
+    # both caps reached now, each stops its own kind only
+    code, text = start(3, 1, says="Node failure on bt-node2")
+    assert code == 1 and "requeues so far: 2 of 2 for the time limit, 1 of 1 after a failure" in text, text
+    assert "bigtrain: trainer exited with code 1 (Node failure on bt-node2); restarted 1 times after a failure" in text
+    assert "(BIGTRAIN_MAX_FAILURE_RESTARTS=1): not again" in text
+    code, text = start(3, 3)
+    assert code == 3, text
+    assert "requeued 2 times for the time limit already (BIGTRAIN_MAX_TIME_REQUEUES=2): not again" in text
+    assert read(calls).count("requeue 42") == 3
+    # an ordinary error and a finished run are never requeued; the old variable names still count
+    assert start(0, 1, BIGTRAIN_MAX_FAILURE_RESTARTS="")[1].endswith("bigtrain: trainer exited with code 1\n")
+    code, text = start(0, 137, BIGTRAIN_MAX_FAILURE_RESTARTS="", BIGTRAIN_MAX_RESTARTS="9")
+    assert code == 0 and "failure restart 2 of 9," in text, text
+    # no readable log (--output=/dev/null): both kinds fall back to Slurm's restart count
+    code, text = start(2, 137, FAKE_LOG="/dev/null", BIGTRAIN_MAX_FAILURE_RESTARTS="3")
+    assert code == 0 and "2 of 3 after a failure (log /dev/null unreadable: both from SLURM_RESTART_COUNT)" in text
+    # a bad cap: one line, exit 2, nothing started
+    srun_calls = read(calls).count("srun")
+    code, text = start(0, 0, BIGTRAIN_MAX_TIME_REQUEUES="lots")
+    assert code == 2 and text.strip().splitlines()[-1] == "error: BIGTRAIN_MAX_TIME_REQUEUES=lots: not a number >= 0"
+    assert read(calls).count("srun") == srun_calls
+
+
 def test_train_sbatch_without_recipe_is_usage_error() -> None:
     out = subprocess.run(["bash", str(TRAIN_SBATCH)], capture_output=True, text=True, check=False)
     assert out.returncode == 2
@@ -456,7 +532,13 @@ def test_elastic_nodes_and_max_restarts_in_the_script(tmp_path: Path, demo_data:
     assert out.returncode == 0, out.stderr
     assert (
         out.stdout.count("#SBATCH --nodes=1-2\n") == 2
-        and "export BIGTRAIN_MAX_RESTARTS=${BIGTRAIN_MAX_RESTARTS:-5}" in out.stdout
+        and "export BIGTRAIN_MAX_FAILURE_RESTARTS=${BIGTRAIN_MAX_FAILURE_RESTARTS:-5}" in out.stdout
+        and "export BIGTRAIN_MAX_TIME_REQUEUES=${BIGTRAIN_MAX_TIME_REQUEUES:-1000}" in out.stdout
+    )
+    assert "BIGTRAIN_MAX_TIME_REQUEUES:-7}" in submit_cli(str(recipe), "--max-time-requeues", "7", "--dry-run").stdout
+    assert (
+        submit_cli(str(recipe), "--max-time-requeues", "-1", "--dry-run").stderr.strip()
+        == "error: --max-time-requeues -1: must be >= 0"
     )
     # without a fixed global batch the batch would follow the node count: refused, one line
     bad = submit_cli(str(recipe), "--nodes", "1-2", "--dry-run")
@@ -537,7 +619,7 @@ def test_lost_node_requeues_and_resumes_when_it_returns(cluster: None, demo_data
     wait_for(job, log, timeout=900)
 
     text = read(log)
-    assert re.search(rf"bigtrain: lost rank \(exit \d+: .+\); requeueing job {job}, restart 1 of 3", text), text
+    assert re.search(rf"bigtrain: lost rank \(exit \d+: .+\); requeueing job {job}, failure restart 1 of 3", text), text
     assert f"bigtrain: job {job} restart 1 " in text, text
     assert "bigtrain: trainer exited with code 0" in text, text
     info = json.loads((run / "run.json").read_text())
