@@ -199,7 +199,9 @@ def render_prepare_script(
     comment: str,
     log_dir: Path,
 ) -> str:
-    """The data-preparation array: task I runs part I/N of `bigtrain-data prepare` into the recipe's cache."""
+    """The data-preparation array: task I runs part I/N of `bigtrain-data prepare` into the recipe's cache.
+    The number of parts is given to prepare.sbatch explicitly, so `sbatch --array=3,7 SCRIPT` redoes
+    parts 3 and 7 of N."""
     opts = [f"--job-name={job_name}", f"--comment={comment}", f"--array=0-{parts - 1}", "--nodes=1", "--ntasks=1"]
     opts += [f"--cpus-per-task={cpus}"] if cpus else []
     opts += [f"--partition={res.partition}"] if res.partition else []
@@ -216,7 +218,8 @@ def render_prepare_script(
                 "set -euo pipefail",
                 f"export BIGTRAIN_HOME={shlex.quote(str(launch.home))}",
                 f"export BIGTRAIN_PYTHON=${{BIGTRAIN_PYTHON:-{shlex.quote(launch.python)}}}",
-                f"exec bash {shlex.quote(str(prepare_sbatch))} {_quote([str(recipe_path), *overrides])}",
+                f"# To redo some parts, e.g. 3 and 7: sbatch --array=3,7 {shlex.quote(str(log_dir / (job_name + '.sbatch')))}",
+                f"exec bash {shlex.quote(str(prepare_sbatch))} --parts {parts} {_quote([str(recipe_path), *overrides])}",
             ]
         )
         + "\n"
