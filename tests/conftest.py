@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     longest and mostly waits on the scheduler, so starting it first lets the other worker fill the
     cores with the rest meanwhile."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slurm") else 1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_up() -> None:
+    """The local Slurm test cluster answers (tools/slurm-cluster.sh up), else its tests are skipped."""
+    from tests.slurm_helpers import require_cluster
+
+    require_cluster()
+
+
+@pytest.fixture
+def cluster(slurm_cluster_up: None) -> Iterator[None]:
+    """A test that submits jobs to the cluster; several may (one per xdist worker) at a time."""
+    from tests.slurm_helpers import cluster_lock
+
+    with cluster_lock(exclusive=False):
+        yield
+
+
+@pytest.fixture
+def cluster_alone(slurm_cluster_up: None) -> Iterator[None]:
+    """A test that needs the cluster to itself (it takes a node down, or every CPU): it waits for the
+    other worker's cluster test to end, and that worker's next one waits for it."""
+    from tests.slurm_helpers import cluster_lock
+
+    with cluster_lock(exclusive=True):
+        yield

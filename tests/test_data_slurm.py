@@ -13,7 +13,7 @@ import pytest
 from bigtrain.config import DataConfig
 from bigtrain.data.prepare import prepare_store, train_sources
 from bigtrain.data.tokenizer import load_tokenizer
-from tests.test_slurm import submit_cli, two_stage_recipe
+from tests.slurm_helpers import submit_cli, two_stage_recipe
 from tests.trainer_runs import REPO
 
 PREPARE_SBATCH = REPO / "slurm" / "prepare.sbatch"
