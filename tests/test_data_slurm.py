@@ -3,9 +3,12 @@ preparation array in front of stage 1 (afterok)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 from bigtrain.config import DataConfig
 from bigtrain.data.prepare import prepare_store, train_sources
 from bigtrain.data.tokenizer import load_tokenizer
-from tests.slurm_helpers import submit_cli, two_stage_recipe
+from tests.slurm_helpers import TINY, read, submit_cli, train_records, two_stage_recipe, wait_for
 from tests.trainer_runs import REPO
 
 PREPARE_SBATCH = REPO / "slurm" / "prepare.sbatch"
@@ -118,3 +121,44 @@ def test_prepare_sbatch_array_tasks_write_one_store(tmp_path: Path, demo_data: P
     for p in sorted((tmp_path / "ref").rglob("*")):
         if p.is_file():
             assert (out / p.relative_to(tmp_path / "ref")).read_bytes() == p.read_bytes(), p.name
+
+
+@pytest.mark.slurm
+def test_prepare_parts_run_at_once_on_the_cluster_then_train(
+    cluster_alone: None, demo_data: Path, tmp_path: Path
+) -> None:
+    """`bigtrain-submit --prepare-parts 3` on the test cluster: the array's three tasks run at the same time
+    (the cluster to this test alone: 4 CPUs for 3 one-CPU tasks), the last to finish writes the index, and
+    the training job after them (afterok) trains from that store without tokenising anything itself."""
+    _, overrides = prepare_overrides(demo_data)
+    run = tmp_path / "run"
+    out = submit_cli(
+        "recipes/demo.yaml", f"output_dir={run}", *overrides, *TINY, "train.max_steps=3", "--prepare-parts", "3"
+    )
+    assert out.returncode == 0, out.stderr
+    data_job, train_job = out.stdout.splitlines()[-1].split()
+    logs = run / "slurm"
+    most, deadline = 0, time.monotonic() + 300
+    while True:  # how many of the array's tasks run at once
+        tasks = subprocess.run(
+            ["squeue", "-h", "-r", "-j", data_job, "-o", "%T"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        most = max(most, tasks.count("RUNNING"))
+        if not tasks:
+            break
+        assert time.monotonic() < deadline, f"preparation still queued after 300 s: {sorted(logs.glob('*.out'))}"
+        time.sleep(0.2)
+    wait_for(train_job, logs / f"demo-{train_job}.out")
+
+    parts = [read(logs / f"demo.data-{data_job}_{i}.out") for i in range(3)]
+    for i, text in enumerate(parts):
+        assert f"bigtrain: data part {i}/3 on " in text, text
+        assert re.search(rf"bigtrain: part {i}/3: [0-3] of 3 shards done|bigtrain: tokenised 3 documents", text), text
+    assert most >= 2, f"the parts ran one at a time: {parts}"
+    assert any("bigtrain: tokenised 3 documents" in text for text in parts), parts  # a part wrote the index
+    (store,) = (run / "data").glob("tokens-*")
+    assert (store / "index.json").is_file() and len(list((store / "shards").glob("shard-*.json"))) == 3
+    train_log = read(logs / f"demo-{train_job}.out")
+    assert "bigtrain: trainer exited with code 0" in train_log and "tokenised" not in train_log, train_log
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and [r["step"] for r in train_records(run)] == [1, 2, 3]
