@@ -78,12 +78,15 @@ def two_stage_recipe(tmp_path: Path) -> Path:
 
 def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """Stand-in srun/scontrol for running train.sbatch outside Slurm: srun exits $FAKE_RC (saying
-    $FAKE_SRUN_SAYS on stderr), scontrol names $FAKE_LOG as the job's log and records each requeue."""
+    $FAKE_SRUN_SAYS on stderr) or, with $FAKE_HANG, sleeps that long deaf to SIGUSR1; scontrol names
+    $FAKE_LOG as the job's log and records each requeue."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
     (bin_dir / "srun").write_text(
         f'#!/bin/bash\necho srun >> {calls}\n[ -n "${{FAKE_SRUN_SAYS:-}}" ] && echo "srun: error: $FAKE_SRUN_SAYS" >&2\n'
+        # $FAKE_HANG: a step that ignores the signal (ranks stuck starting up)
+        'if [ -n "${FAKE_HANG:-}" ]; then trap "" USR1; exec sleep "$FAKE_HANG"; fi\n'
         'exit "${FAKE_RC:-0}"\n'
     )
     (bin_dir / "scontrol").write_text(
@@ -138,8 +141,16 @@ def cluster_lock(exclusive: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def sbatch(*args: str) -> str:
-    out = subprocess.run(["sbatch", "--parsable", *args], cwd=REPO, capture_output=True, text=True, check=True)
+def sbatch(*args: str, env: dict[str, str] | None = None) -> str:
+    """Submits; `env`: added to this process's environment, which the job inherits."""
+    out = subprocess.run(
+        ["sbatch", "--parsable", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip().split(";")[0]
 
 

@@ -88,6 +88,30 @@ def test_time_limit_requeues_and_failure_restarts_have_their_own_caps(tmp_path: 
     assert read(calls).count("srun") == srun_calls
 
 
+def test_ranks_deaf_to_the_signal_are_ended_in_time_to_requeue(tmp_path: Path) -> None:
+    """A step that does not end after the signal (a rank stuck starting up, waiting for a peer the signal
+    killed) is ended $BIGTRAIN_SIGNAL_GRACE s after it, and the job requeues before its time limit."""
+    env, calls = fake_slurm(tmp_path)
+    log = tmp_path / "bigtrain-42.out"
+    env |= {"FAKE_LOG": str(log), "FAKE_HANG": "60", "BIGTRAIN_SIGNAL_GRACE": "1", "SLURM_RESTART_COUNT": "0"}
+    with log.open("w") as out:
+        script = subprocess.Popen(["bash", str(TRAIN_SBATCH), "recipes/demo.yaml"], env=env, stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 30
+            while "srun" not in read(calls):
+                assert time.monotonic() < deadline, read(log)
+                time.sleep(0.05)
+            time.sleep(0.2)  # srun's stand-in has set its signal aside
+            script.send_signal(signal.SIGUSR1)
+            assert script.wait(timeout=30) == 0, read(log)
+        finally:
+            script.kill()
+    text = read(log)
+    assert "bigtrain: the ranks are still running 1 s after the signal; ending them to requeue in time" in text
+    assert "bigtrain: time limit (ranks exited with code 137 after the signal); requeueing job 42" in text, text
+    assert "requeue 42" in read(calls)
+
+
 def test_elastic_nodes_and_max_restarts_in_the_script(tmp_path: Path, demo_data: Path) -> None:
     recipe = two_stage_recipe(tmp_path)
     out = submit_cli(str(recipe), "--nodes", "1-2", "--max-restarts", "5", "train.global_batch_size=8", "--dry-run")
@@ -115,7 +139,10 @@ def test_elastic_nodes_and_max_restarts_in_the_script(tmp_path: Path, demo_data:
 
 
 @pytest.mark.slurm
-def test_signal_checkpoints_requeues_and_resumes(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+def test_two_nodes_signal_checkpoints_requeues_and_resumes(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+    """`sbatch --nodes 2 slurm/train.sbatch` (one rank per node, rendezvous on the first node), signalled
+    once training runs: checkpoint, requeue counted as a time-limit requeue, resume to the end with no step
+    repeated or lost, export."""
     run = tmp_path / "run"
     steps = 30
     job = sbatch(
@@ -138,9 +165,17 @@ def test_signal_checkpoints_requeues_and_resumes(cluster: None, demo_data: Path,
 
     text = read(log)
     assert "bigtrain: SIGUSR1, asking the ranks to checkpoint" in text, text
-    assert f"requeueing job {job}" in text, text
+    assert f"requeueing job {job}, time-limit requeue 1 of 1000\n" in text, text
     assert f"bigtrain: job {job} restart 1 " in text, text
+    assert "requeues so far: 1 of 1000 for the time limit, 0 of 3 after a failure (from the log)" in text, text
     assert "bigtrain: trainer exited with code 0" in text, text
+    # both starts: one rank on each node, rendezvous on the first
+    nodes = set(re.findall(r"rank \d of 2 on node (\S+)", text))
+    assert len(nodes) == 2 and text.count("rank 0 of 2 on node") == text.count("rank 1 of 2 on node") == 2, text
+    first = subprocess.run(
+        ["scontrol", "show", "hostnames", "bt-node[1-2]"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    assert f"master {first}:{20000 + int(job) % 20000}" in text
     restarts = job_field(job, "Restarts")
     assert restarts in ("1", None), restarts  # None: the finished job's record already expired
     info = json.loads((run / "run.json").read_text())
@@ -151,12 +186,15 @@ def test_signal_checkpoints_requeues_and_resumes(cluster: None, demo_data: Path,
     records = train_records(run)
     assert [r["step"] for r in records] == list(range(1, steps + 1))  # continued, nothing repeated or lost
     assert all(math.isfinite(r["loss"]) for r in records)
-    assert (run / "hf" / "config.json").exists()
+    assert info["world_size"] == 2
+    assert json.loads((run / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
 @pytest.mark.slurm
 def test_signal_during_startup_still_requeues(cluster: None, demo_data: Path, tmp_path: Path) -> None:
-    """The signal may come before the trainer can catch it (ranks still importing): requeue all the same."""
+    """The signal may come before the trainer can catch it (ranks still importing): requeue all the same.
+    When it kills one rank and the other has caught it, that one waits at start-up for its dead peer:
+    BIGTRAIN_SIGNAL_GRACE ends it (here 20 s after the signal rather than the time left) and the job requeues."""
     run = tmp_path / "run"
     job = sbatch(
         "--nodes=2",
@@ -166,6 +204,7 @@ def test_signal_during_startup_still_requeues(cluster: None, demo_data: Path, tm
         f"output_dir={run}",
         "train.max_steps=4",
         *TINY,
+        env={"BIGTRAIN_SIGNAL_GRACE": "20"},
     )
     log = tmp_path / f"bigtrain-{job}.out"
     deadline = time.monotonic() + 300
@@ -185,13 +224,14 @@ def test_signal_during_startup_still_requeues(cluster: None, demo_data: Path, tm
 
 @pytest.mark.slurm
 def test_time_limit_signal_from_the_header_requeues(cluster: None, demo_data: Path, tmp_path: Path) -> None:
-    """The real thing: train.sbatch's own `--signal=B:USR1@300` with a 6-minute limit, so Slurm signals
-    about a minute in (it may signal up to 60 s early), mid-training or while the ranks still start."""
+    """The real thing: train.sbatch's own `--signal=B:USR1@300` with a 5:40 limit, so Slurm signals 10-40 s
+    in (it checks every 30 s and may signal up to 30 s early; the script's trap is set within a second or
+    two), mid-training or while the ranks still start."""
     run = tmp_path / "run"
-    steps = 250  # ~90 s of steps here: the signal (60-80 s in) comes well before the end
+    steps = 150  # ~55 s of steps here, after the start-up: the signal (10-40 s in) comes before the end
     job = sbatch(
         "--nodes=2",
-        "--time=6",
+        "--time=5:40",
         f"--output={tmp_path}/%x-%j.out",
         str(TRAIN_SBATCH),
         "recipes/demo.yaml",
@@ -281,6 +321,7 @@ def test_lost_node_requeues_and_resumes_when_it_returns(cluster_alone: None, dem
     text = read(log)
     assert re.search(rf"bigtrain: lost rank \(exit \d+: .+\); requeueing job {job}, failure restart 1 of 3", text), text
     assert f"bigtrain: job {job} restart 1 " in text, text
+    assert "requeues so far: 0 of 1000 for the time limit, 1 of 3 after a failure (from the log)" in text, text
     assert "bigtrain: trainer exited with code 0" in text, text
     info = json.loads((run / "run.json").read_text())
     saved = int(re.fullmatch(r".*step_(\d+)", info["resumed_from"] or "").group(1))

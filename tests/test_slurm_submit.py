@@ -140,37 +140,6 @@ def test_train_sbatch_without_recipe_is_usage_error() -> None:
 
 
 @pytest.mark.slurm
-def test_train_sbatch_on_two_nodes(cluster: None, demo_data: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    job = sbatch(
-        "--nodes=2",
-        f"--output={tmp_path}/%x-%j.out",
-        str(TRAIN_SBATCH),
-        "recipes/demo.yaml",
-        f"output_dir={run}",
-        "train.max_steps=8",
-        *TINY,
-    )
-    log = tmp_path / f"bigtrain-{job}.out"
-    wait_for(job, log)
-    text = read(log)
-    assert "bigtrain: trainer exited with code 0" in text, text
-    # one rank on each node, rendezvous on the first
-    assert re.search(r"rank 0 of 2 on node bt-node\d", text) and re.search(r"rank 1 of 2 on node bt-node\d", text)
-    nodes = set(re.findall(r"rank \d of 2 on node (\S+)", text))
-    assert len(nodes) == 2, text
-    first = subprocess.run(
-        ["scontrol", "show", "hostnames", "bt-node[1-2]"], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
-    assert f"master {first}:{20000 + int(job) % 20000}" in text
-    records = train_records(run)
-    assert [r["step"] for r in records] == list(range(1, 9))
-    assert all(math.isfinite(r["loss"]) for r in records)
-    assert json.loads((run / "run.json").read_text())["world_size"] == 2
-    assert json.loads((run / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
-
-
-@pytest.mark.slurm
 def test_gpu_nodes_get_one_rank_per_gpu(cluster: None, demo_data: Path, tmp_path: Path) -> None:
     """The test cluster's stand-in GPUs (Slurm gpu GRES, no CUDA): --gpus-per-node 2 places 2 ranks a node."""
     gres = subprocess.run(["sinfo", "-h", "-N", "-o", "%G"], capture_output=True, text=True, check=True).stdout
