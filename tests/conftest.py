@@ -39,9 +39,10 @@ def sample_text(demo_data: Path) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Slurm cluster tests first. tools/test.sh runs the suite on two pytest-xdist workers, a test
-    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster file is the
-    longest and mostly waits on the scheduler, so starting it first lets the other worker fill the
-    cores with the rest meanwhile."""
+    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster files
+    (test_slurm_submit.py, test_slurm_requeue.py, test_data_slurm.py) mostly wait on the scheduler and on
+    their jobs' start-up, so starting them first, one on each worker, lets the rest fill the cores
+    meanwhile and keeps any one of them from being the long pole."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slurm") else 1)
 
 
