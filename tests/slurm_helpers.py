@@ -79,7 +79,7 @@ def two_stage_recipe(tmp_path: Path) -> Path:
 def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """Stand-in srun/scontrol for running train.sbatch outside Slurm: srun exits $FAKE_RC (saying
     $FAKE_SRUN_SAYS on stderr) or, with $FAKE_HANG, sleeps that long deaf to SIGUSR1; scontrol names
-    $FAKE_LOG as the job's log and records each requeue."""
+    $FAKE_LOG as the job's log and $FAKE_END as its end time, and records each requeue."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
@@ -91,7 +91,7 @@ def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
     )
     (bin_dir / "scontrol").write_text(
         '#!/bin/bash\ncase "$1 $2" in\n  "show hostnames") echo bt-node1 ;;\n'
-        '  "show job") echo "   StdOut=$FAKE_LOG" ;;\n'
+        '  "show job") echo "   StdOut=$FAKE_LOG"; echo "   StartTime=2026-01-01T00:00:00 EndTime=${FAKE_END:-Unknown}" ;;\n'
         f'  requeue*) echo "$@" >> {calls} ;;\nesac\n'
     )
     for f in bin_dir.iterdir():
