@@ -42,6 +42,9 @@ TINY = [
     "train.eval_batches=2",
     "train.log_every=1",
     "train.progress=false",
+    # one token cache for every job: the first job of a fresh cluster tokenises the demo data, the rest
+    # start seconds sooner (test_data_slurm.py's preparation test uses its own)
+    f"data.cache_dir={CLUSTER_CONF.parent / 'token-cache'}",
 ]
 
 

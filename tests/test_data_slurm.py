@@ -133,7 +133,14 @@ def test_prepare_parts_run_at_once_on_the_cluster_then_train(
     _, overrides = prepare_overrides(demo_data)
     run = tmp_path / "run"
     out = submit_cli(
-        "recipes/demo.yaml", f"output_dir={run}", *overrides, *TINY, "train.max_steps=3", "--prepare-parts", "3"
+        "recipes/demo.yaml",
+        f"output_dir={run}",
+        *overrides,
+        *TINY,
+        f"data.cache_dir={run / 'data'}",
+        "train.max_steps=3",
+        "--prepare-parts",
+        "3",
     )
     assert out.returncode == 0, out.stderr
     data_job, train_job = out.stdout.splitlines()[-1].split()
