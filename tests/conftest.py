@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,35 @@ def sample_text(demo_data: Path) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Slurm cluster tests first. tools/test.sh runs the suite on two pytest-xdist workers, a test
-    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster file is the
-    longest and mostly waits on the scheduler, so starting it first lets the other worker fill the
-    cores with the rest meanwhile."""
+    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster files
+    (test_slurm_submit.py, test_slurm_requeue.py, test_data_slurm.py) mostly wait on the scheduler and on
+    their jobs' start-up, so starting them first, one on each worker, lets the rest fill the cores
+    meanwhile and keeps any one of them from being the long pole."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slurm") else 1)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_up() -> None:
+    """The local Slurm test cluster answers (tools/slurm-cluster.sh up), else its tests are skipped."""
+    from tests.slurm_helpers import require_cluster
+
+    require_cluster()
+
+
+@pytest.fixture
+def cluster(slurm_cluster_up: None) -> Iterator[None]:
+    """A test that submits jobs to the cluster; several may (one per xdist worker) at a time."""
+    from tests.slurm_helpers import cluster_lock
+
+    with cluster_lock(exclusive=False):
+        yield
+
+
+@pytest.fixture
+def cluster_alone(slurm_cluster_up: None) -> Iterator[None]:
+    """A test that needs the cluster to itself (it takes a node down, or every CPU): it waits for the
+    other worker's cluster test to end, and that worker's next one waits for it."""
+    from tests.slurm_helpers import cluster_lock
+
+    with cluster_lock(exclusive=True):
+        yield

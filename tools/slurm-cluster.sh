@@ -107,7 +107,9 @@ render_conf() {
     echo "MinJobAge=120"
     echo "ReturnToService=2"
     echo "SchedulerType=sched/backfill"
-    echo "SchedulerParameters=sched_interval=5"
+    # The scheduler passes every second (default 60 s; backfill 30 s): a requeued job starts as soon as
+    # its BeginTime (cred_expire above) has passed, not up to a pass later. A throwaway 2-node cluster.
+    echo "SchedulerParameters=sched_interval=1,bf_interval=1"
     echo "AccountingStorageType=accounting_storage/none"
     echo "JobAcctGatherType=jobacct_gather/none"
     echo "JobCompType=jobcomp/none"

@@ -4,7 +4,8 @@ every stage of a recipe to Slurm as its own job, chained with --dependency=after
 Stages already finished (their export exists) are skipped, so resubmitting a partly finished pipeline
 carries on. `--nodes MIN-MAX` lets Slurm start a stage on fewer nodes (a resumed stage converts its
 checkpoint to the new number of ranks); a job whose rank or node is lost requeues itself up to
---max-restarts times. CPU-only nodes (--gpus-per-node 0) get one rank per node, GPU nodes one rank per GPU, unless
+--max-restarts times, and one that reaches its time limit checkpoints and requeues itself up to
+--max-time-requeues times (counted apart). CPU-only nodes (--gpus-per-node 0) get one rank per node, GPU nodes one rank per GPU, unless
 --ntasks-per-node says otherwise. The last line printed is the pipeline's job ids (submitted now or
 already queued), space-separated.
 """
@@ -34,6 +35,7 @@ def submit(args: argparse.Namespace) -> int:
         nodes=nodes,
         min_nodes=min_nodes,
         max_restarts=args.max_restarts,
+        max_time_requeues=args.max_time_requeues,
         gpus_per_node=args.gpus_per_node,
         ntasks_per_node=args.ntasks_per_node,
         cpus_per_task=args.cpus_per_task,
@@ -71,7 +73,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "--max-restarts",
         type=int,
         default=3,
-        help="requeues after a lost rank or node, per job (default 3; time-limit requeues not counted)",
+        help="requeues after a lost rank or node, per job (default 3; time-limit requeues are counted apart)",
+    )
+    p.add_argument(
+        "--max-time-requeues",
+        type=int,
+        default=1000,
+        help="requeues after the time limit, per job (default 1000; 3 weeks on a 4-hour partition is ~126)",
     )
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node; 0: CPU-only nodes (default)")
     p.add_argument("--ntasks-per-node", type=int, default=None, help="ranks per node (default: GPUs, or 1)")

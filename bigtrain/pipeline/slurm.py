@@ -40,7 +40,8 @@ class SlurmResources:
     time: str | None = None  # Slurm's formats, e.g. "2-00:00:00"
     account: str | None = None
     signal_margin_s: int = 300  # SIGUSR1 this long before the time limit: checkpoint and requeue
-    max_restarts: int = 3  # requeues after a lost rank or node (time-limit requeues are not counted)
+    max_restarts: int = 3  # requeues after a lost rank or node (time-limit requeues are counted apart)
+    max_time_requeues: int = 1000  # requeues after the time-limit signal (3 weeks of 4-hour jobs: ~126)
     sbatch_args: tuple[str, ...] = ()  # anything else, passed through verbatim (e.g. "--exclusive")
 
     def __post_init__(self) -> None:
@@ -50,6 +51,8 @@ class SlurmResources:
             raise BigtrainError(f"--nodes {self.min_nodes}-{self.nodes}: need 1 <= MIN <= MAX")
         if self.max_restarts < 0:
             raise BigtrainError(f"--max-restarts {self.max_restarts}: must be >= 0")
+        if self.max_time_requeues < 0:
+            raise BigtrainError(f"--max-time-requeues {self.max_time_requeues}: must be >= 0")
         if self.gpus_per_node < 0:
             raise BigtrainError(f"--gpus-per-node {self.gpus_per_node}: must be >= 0")
         if self.ntasks_per_node is not None and self.ntasks_per_node < 1:
@@ -152,7 +155,8 @@ def render_stage_script(
         "set -euo pipefail",
         f"export BIGTRAIN_HOME={shlex.quote(str(launch.home))}",
         f"export BIGTRAIN_PYTHON=${{BIGTRAIN_PYTHON:-{shlex.quote(launch.python)}}}",
-        f"export BIGTRAIN_MAX_RESTARTS=${{BIGTRAIN_MAX_RESTARTS:-{res.max_restarts}}}",
+        f"export BIGTRAIN_MAX_FAILURE_RESTARTS=${{BIGTRAIN_MAX_FAILURE_RESTARTS:-{res.max_restarts}}}",
+        f"export BIGTRAIN_MAX_TIME_REQUEUES=${{BIGTRAIN_MAX_TIME_REQUEUES:-{res.max_time_requeues}}}",
     ]
     if not staged:
         lines.append(f"exec bash {shlex.quote(str(train_sbatch))} {_quote([str(recipe_path), *overrides])}")
@@ -171,7 +175,12 @@ def render_stage_script(
         'STAGE_RECIPE=$(tail -n 1 "$PREPARE_LOG")',
         'rm -f "$PREPARE_LOG"',
         'if [ "$status" -ne 0 ]; then echo "bigtrain: preparing stage failed (exit $status)" >&2; exit "$status"; fi',
-        'if [ "$EARLY_SIGNAL" -eq 1 ]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi',
+        # a time-limit requeue: its line counts as one in train.sbatch's cap (it starts "bigtrain: time limit")
+        'if [ "$EARLY_SIGNAL" -eq 1 ]; then',
+        '  echo "bigtrain: time limit (signal while preparing the stage); requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
         "trap - USR1",
         # exec: train.sbatch becomes this process, so Slurm's signal reaches its trap.
         f'exec bash {shlex.quote(str(train_sbatch))} "$STAGE_RECIPE"',
@@ -190,7 +199,9 @@ def render_prepare_script(
     comment: str,
     log_dir: Path,
 ) -> str:
-    """The data-preparation array: task I runs part I/N of `bigtrain-data prepare` into the recipe's cache."""
+    """The data-preparation array: task I runs part I/N of `bigtrain-data prepare` into the recipe's cache.
+    The number of parts is given to prepare.sbatch explicitly, so `sbatch --array=3,7 SCRIPT` redoes
+    parts 3 and 7 of N."""
     opts = [f"--job-name={job_name}", f"--comment={comment}", f"--array=0-{parts - 1}", "--nodes=1", "--ntasks=1"]
     opts += [f"--cpus-per-task={cpus}"] if cpus else []
     opts += [f"--partition={res.partition}"] if res.partition else []
@@ -207,7 +218,8 @@ def render_prepare_script(
                 "set -euo pipefail",
                 f"export BIGTRAIN_HOME={shlex.quote(str(launch.home))}",
                 f"export BIGTRAIN_PYTHON=${{BIGTRAIN_PYTHON:-{shlex.quote(launch.python)}}}",
-                f"exec bash {shlex.quote(str(prepare_sbatch))} {_quote([str(recipe_path), *overrides])}",
+                f"# To redo some parts, e.g. 3 and 7: sbatch --array=3,7 {shlex.quote(str(log_dir / (job_name + '.sbatch')))}",
+                f"exec bash {shlex.quote(str(prepare_sbatch))} --parts {parts} {_quote([str(recipe_path), *overrides])}",
             ]
         )
         + "\n"
