@@ -1,6 +1,7 @@
 """Per-rank checkpoint checksums (issue 21): with `train.checkpoint_checksums` every rank hashes the files
-it wrote itself, the manifest gathers them, and they equal a direct SHA-256 of every file; a file whose
-bytes change afterwards (same size) is refused on resume, which falls back to the previous checkpoint."""
+it wrote itself, the manifest gathers them, and they equal a direct SHA-256 of every file; at resume the
+ranks share the hashing out again; a file whose bytes change afterwards (same size) is refused on resume,
+which falls back to the previous checkpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from bigtrain.ckpt import manifest
 from bigtrain.ckpt.manifest import write_manifest
-from bigtrain.train.checkpoint import checkpoint_problem, writer_rank
+from bigtrain.train.checkpoint import checkpoint_problem, checksum_shares, writer_rank
 from tests.trainer_runs import launch, losses, tiny_overrides
 
 SHARD = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
@@ -31,6 +32,23 @@ def test_each_file_has_one_writer() -> None:
         "zero_pp_rank_9_mp_rank_00_optim_states.pt": 0,  # not a rank of this world: rank 0 hashes it
     }
     assert {n: writer_rank(n, 4) for n in names} == names
+
+
+def test_resume_hashing_is_shared_out_once_per_file() -> None:
+    """At resume every rank hashes its own shards, and the rest (rank 0's files, and a larger world's
+    ranks' after a world-size change) goes to the least-loaded rank: every file exactly once."""
+    files = {
+        **{f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt": 1000 for r in range(4)},  # saved by 4 ranks
+        **{f"rng/rank_{r}.pt": 10 for r in range(4)},
+        "zero_to_fp32.py": 50,
+        "config.json": 1,
+    }
+    shares = checksum_shares(files, 2)  # resumed on 2
+    assert sorted(n for share in shares for n in share) == sorted(files)
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shares[1] and "rng/rank_0.pt" in shares[0]
+    loads = [sum(files[n] for n in share) for share in shares]
+    assert max(loads) - min(loads) <= 50  # ranks 2 and 3's shards split between the two
+    assert sorted(checksum_shares(files, 1)[0]) == sorted(files)
 
 
 def test_manifest_takes_the_ranks_checksums_and_hashes_only_the_rest(

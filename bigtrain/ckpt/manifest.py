@@ -59,6 +59,28 @@ def has_manifest(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
+def checksummed_files(directory: str | Path) -> dict[str, int]:
+    """The files whose SHA-256 the manifest of `directory` records, with their sizes (empty: none, or no
+    readable manifest, which `manifest_problem` reports)."""
+    try:
+        files = json.loads((Path(directory) / MANIFEST).read_text())["files"]
+        return {name: int(e["bytes"]) for name, e in files.items() if "sha256" in e}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def checksum_problem(directory: str | Path, names: list[str]) -> str | None:
+    """The first of `names` (files of `directory`'s manifest) whose SHA-256 differs from the one recorded,
+    as one line; None when all match. Lets several processes share the hashing of one checkpoint."""
+    directory = Path(directory)
+    files = json.loads((directory / MANIFEST).read_text())["files"]
+    for name in names:
+        p = directory / name
+        if sha256(p) != files[name]["sha256"]:
+            return f"{p}: SHA-256 differs from {MANIFEST} (corrupted)"
+    return None
+
+
 def manifest_problem(directory: str | Path, checksums: bool = True) -> str | None:
     """None when every file the manifest lists is there with its size (and its checksum, when recorded
     and `checksums`); else one line naming the first file that is not. A missing manifest is a problem."""

@@ -29,7 +29,16 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.ckpt.atomic import write_text_atomic
-from bigtrain.ckpt.manifest import MANIFEST, has_manifest, manifest_problem, relative_files, sha256, write_manifest
+from bigtrain.ckpt.manifest import (
+    MANIFEST,
+    checksum_problem,
+    checksummed_files,
+    has_manifest,
+    manifest_problem,
+    relative_files,
+    sha256,
+    write_manifest,
+)
 from bigtrain.config import TrainConfig
 from bigtrain.errors import BigtrainError
 from bigtrain.train.distributed import World, barrier, broadcast_object
@@ -122,14 +131,22 @@ def checkpoint_problem(ckpt: Path, checksums: bool = True) -> str | None:
     return None
 
 
-def newest_checkpoint(root: Path, report: Callable[[str], None] | None = None, checksums: bool = True) -> Path | None:
-    """The newest checkpoint that verifies. Each newer one that does not is reported (one line naming the
-    file) and left where it is, for inspection; checkpoints that exist but none verifies are an error,
-    not a silent start from scratch."""
-    done = list_checkpoints(root)
+def newest_checkpoint(
+    root: Path,
+    report: Callable[[str], None] | None = None,
+    checksums: bool = True,
+    verify: Callable[[Path], str | None] | None = None,
+    found: list[tuple[int, Path]] | None = None,
+) -> Path | None:
+    """The newest checkpoint that verifies (`verify`, default `checkpoint_problem`; among `found`, default
+    the checkpoints in `root`). Each newer one that does not is reported (one line naming the file) and
+    left where it is, for inspection; checkpoints that exist but none verifies are an error, not a silent
+    start from scratch."""
+    done = list_checkpoints(root) if found is None else found
+    verify = verify or (lambda ckpt: checkpoint_problem(ckpt, checksums))
     skipped = []
     for _, ckpt in reversed(done):
-        problem = checkpoint_problem(ckpt, checksums)
+        problem = verify(ckpt)
         if problem is None:
             for line in skipped:
                 _say(report, f"bigtrain: checkpoint {line}; resuming from {ckpt.name} instead")
@@ -147,21 +164,46 @@ def newest_checkpoint(root: Path, report: Callable[[str], None] | None = None, c
     return None
 
 
+def checksum_shares(files: dict[str, int], world_size: int) -> list[list[str]]:
+    """Which rank hashes which file at resume: a rank's own files where that rank exists (likely on its
+    node, in its page cache), the rest (rank 0's, and a larger world's ranks') to whichever rank has the
+    fewest bytes so far, largest first. Every file exactly once."""
+    shares: list[list[str]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    rest = []
+    for name, size in files.items():
+        m = RANK_FILE.search(name)
+        owner = int(m.group(1) or m.group(2)) if m else None
+        if owner is not None and owner < world_size:
+            shares[owner].append(name)
+            load[owner] += size
+        else:
+            rest.append(name)
+    for name in sorted(rest, key=lambda n: -files[n]):
+        r = load.index(min(load))
+        shares[r].append(name)
+        load[r] += files[name]
+    return shares
+
+
 def resume_checkpoint(root: Path, world: World) -> Path | None:
-    """`newest_checkpoint`, decided on rank 0 (which reports) and broadcast, so every rank resumes from
-    the same one and a checksummed checkpoint is hashed once."""
+    """`newest_checkpoint` on every rank at once: rank 0 lists the checkpoints and checks each one's
+    files and sizes, and, where the manifest records checksums, every rank hashes its share of the files
+    in parallel (`checksum_shares`; at 8B on 64 ranks ~1.5 GB each instead of 96 GB on rank 0). Every rank
+    reaches the same answer; rank 0 reports."""
     if not dist.is_initialized():
         return newest_checkpoint(root, print)
-    found: object = None
-    if world.is_main:
-        try:
-            found = newest_checkpoint(root, print)
-        except BigtrainError as e:
-            found = e
-    found = broadcast_object(found)
-    if isinstance(found, BigtrainError):
-        raise BigtrainError(str(found))
-    return found
+    found = broadcast_object(list_checkpoints(root) if world.is_main else None)
+
+    def verify(ckpt: Path) -> str | None:
+        problem = broadcast_object(checkpoint_problem(ckpt, checksums=False) if world.is_main else None)
+        if problem is not None:
+            return problem
+        share = checksum_shares(checksummed_files(ckpt), world.size)[world.rank]
+        problems = [p for p in _gather(checksum_problem(ckpt, share) if share else None) if p]
+        return problems[0] if problems else None
+
+    return newest_checkpoint(root, print if world.is_main else None, verify=verify, found=found)
 
 
 def _say(report: Callable[[str], None] | None, line: str) -> None:
