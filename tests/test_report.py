@@ -253,7 +253,7 @@ def test_each_experiment_recipe_loads_and_plans(recipe: Path) -> None:
 
 def test_every_experiment_has_both_sizes_of_each_arm_and_a_baseline() -> None:
     names = sorted(p.name for p in EXPERIMENTS.iterdir() if p.is_dir())
-    assert names == ["family", "ffn-middle", "gstack", "step", "upscale", "width"]
+    assert names == ["family", "ffn-middle", "gstack", "step", "upcycle", "upscale", "width"]
     for name in names:
         for size in ("cpu", "gpu"):
             assert sorted(p.stem for p in (EXPERIMENTS / name / size).glob("*.yaml")) == sorted(arms(name)), name
