@@ -185,7 +185,8 @@ def grow(
         "drop_ratio": drop_ratio,
         "router_init": router_init,
     }
-    if split_op(op) and split_op(op)[0] in MOE_OPS and len(split_op(op)) == 1:
+    ops = split_op(op)
+    if len(ops) == 1 and ops[0] in MOE_OPS:
         others = {
             "layers": layers,
             "hidden": hidden,
