@@ -4,6 +4,7 @@ A RUN is a trained run's `output_dir` or a `bigtrain-run` root (its stages are s
 With `--baseline`, every run gets the tokens and FLOPs it needs to reach the baseline's final held-out loss
 and the saving in percent. With `--frontier`, the FLOPs a frontier of complete baseline schedules needs for
 the run's final loss, against the run's own (docs/results.md: the protocol). The baseline is added to the runs if it is not among them.
+A run grown from another run's checkpoint counts that run's compute too (`--own-compute`: only its own).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def report(args: argparse.Namespace) -> int:
     for extra in [args.baseline, *(args.frontier or [])]:
         if extra and Path(extra).resolve() not in {p.resolve() for p in paths}:
             paths.append(Path(extra))
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p, inherited=not args.own_compute) for p in paths]
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # two runs/<x>/main: name them by their parent too
         for r in runs:
@@ -60,6 +61,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         metavar="RUN",
         help="baseline runs at several budgets, each a complete schedule (seeds: NAME-seed<N>); every run's "
         "saving is read off this frontier",
+    )
+    parser.add_argument(
+        "--own-compute",
+        action="store_true",
+        help="count only each run's own training; by default a run that grew another run's checkpoint "
+        "(init_from) also counts that run's tokens, FLOPs and wall time",
     )
     parser.add_argument("--out", required=True, help="directory for the PNGs, report.md and report.json")
     args = parser.parse_args(argv)

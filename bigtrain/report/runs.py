@@ -5,6 +5,11 @@ staged run is a directory whose stage subdirectories are plain runs; their order
 recorded in `pipeline.json`, else the order the runner prepared them in (`stage.yaml` times). Tokens,
 training FLOPs (each stage's `flops_per_token` x its tokens) and training wall time (the logged step times)
 accumulate from the first stage, so a staged run reads as one curve with its growth points marked.
+
+A run whose first stage starts from another run's checkpoint (`init_from`: its export, a training checkpoint,
+or a stage of a `bigtrain-run` root, e.g. every width arm grows one shared base) carries that run's compute:
+its curve starts at the source run's tokens, FLOPs and wall time, so "equal compute" counts the base once
+for every arm that used it, as a from-scratch control of the same total budget does.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ class Run:
     eval: list[Point] = field(default_factory=list)  # held-out loss
     lr: list[Point] = field(default_factory=list)
     grown_eval: list[Point] = field(default_factory=list)  # held-out loss of the grown model before its first update
+    inherited: Run | None = None  # the run that wrote this one's init_from: its compute is counted as spent
+    inherited_note: str | None = None  # why an init_from's compute is not counted (not found, a cycle)
 
     @property
     def staged(self) -> bool:
@@ -76,8 +83,10 @@ class Run:
 
     @property
     def growth_points(self) -> list[tuple[str, float, float, float]]:
-        """(stage name, tokens, FLOPs, wall seconds) where each stage after the first starts."""
-        return [(p.name, p.tokens_before, p.flops_before, p.wall_before) for p in self.parts[1:]]
+        """(stage name, tokens, FLOPs, wall seconds) where each grown stage starts: every stage after the
+        first, and the first too when it grew another run's checkpoint."""
+        grown = self.parts if self.inherited is not None else self.parts[1:]
+        return [(p.name, p.tokens_before, p.flops_before, p.wall_before) for p in grown]
 
     @property
     def tokens(self) -> float:
@@ -153,7 +162,24 @@ def stage_order(root: Path) -> list[str]:
     return [d.name for d in sorted(dirs, key=prepared_at)]
 
 
-def load_run(path: str | Path, name: str | None = None) -> Run:
+def source_run_dir(init_from: str, run_dir: Path) -> Path | None:
+    """The run directory that wrote `init_from`: the nearest directory with a run.json at or above it
+    (an export `hf/`, `checkpoints/step_N`). A relative path is read as the training command saw it, from
+    the current directory or from any directory above the run (the repository the recipes were run in)."""
+    given = Path(init_from)
+    bases = [Path.cwd(), *run_dir.resolve().parents] if not given.is_absolute() else [Path("/")]
+    for base in bases:
+        path = base / given
+        if path.exists():
+            for cand in [path, *path.parents][:4]:
+                if (cand / "run.json").is_file():
+                    return cand
+            return None
+    return None
+
+
+def load_run(path: str | Path, name: str | None = None, inherited: bool = True, _seen: tuple = ()) -> Run:
+    """A run's curves; with `inherited`, offset by the compute of the run its first stage grew from."""
     root = Path(path)
     if not root.is_dir():
         raise BigtrainError(f"{root}: no such run directory")
@@ -166,6 +192,16 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         parts = [read_part(n, root / n) for n in names]
     run = Run(name=name or root.name, path=root, parts=parts)
     tokens = flops = wall = 0.0
+    init_from = parts[0].info.get("init_from")
+    if inherited and init_from:
+        source = source_run_dir(str(init_from), parts[0].path)
+        if source is None:
+            run.inherited_note = f"init_from {init_from}: no run directory found; its compute is not counted"
+        elif source.resolve() in _seen:
+            run.inherited_note = f"init_from {init_from}: a cycle of runs; its compute is not counted"
+        else:
+            run.inherited = load_run(source, _seen=(*_seen, root.resolve()))
+            tokens, flops, wall = run.inherited.tokens, run.inherited.flops, run.inherited.wall_s
     for part in parts:
         part.tokens_before, part.flops_before, part.wall_before = tokens, flops, wall
         prev_step, prev_tokens, elapsed = 0, 0.0, 0.0

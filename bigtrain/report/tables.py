@@ -41,6 +41,9 @@ def run_entry(run: Run) -> dict[str, Any]:
         "tokens": run.tokens,
         "flops": run.flops,
         "wall_s": run.wall_s,
+        "inherited_from": str(run.inherited.path) if run.inherited else None,
+        "inherited_flops": run.inherited.flops if run.inherited else 0.0,
+        "inherited_note": run.inherited_note,
         "peak_memory_bytes": run.peak_memory_bytes,
         "model_state_bytes": run.model_state_bytes,
         "stages": [
@@ -205,6 +208,12 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"| {e['name']} | {loss} | {_num(e['final_eval_ppl'], '.2f')} | {e['eval_points']} | {e['tokens']:.4g} | "
             f"{e['flops']:.4g} | {e['wall_s']:.0f} | {_mib(e['peak_memory_bytes'])} | {_mib(e['model_state_bytes'])} |"
         )
+    grown_from = [e for e in report["runs"] if e.get("inherited_from") or e.get("inherited_note")]
+    if grown_from:
+        lines += ["", "Tokens, FLOPs and wall time count the run each of these grew from (its `init_from`):", ""]
+        for e in grown_from:
+            what = e["inherited_note"] or f"{e['inherited_from']} ({e['inherited_flops']:.4g} FLOPs)"
+            lines.append(f"- {e['name']}: {what}")
     if report["baseline"]:
         lines += [
             "",
