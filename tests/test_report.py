@@ -267,3 +267,14 @@ def test_run_sh_refuses_an_unknown_experiment() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: recipes/experiments/nope/arms.txt: no such experiment")
+
+
+def test_run_sh_refuses_an_arm_the_experiment_does_not_have() -> None:
+    result = subprocess.run(
+        ["bash", "tools/experiments/run.sh", "gstack", "--arms", "stack,nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--arms: nope: not an arm of recipes/experiments/gstack/arms.txt" in result.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the arms of a paired experiment, then `bigtrain-report` on them.
 #
-#   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR]
+#   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR] [--arms A,B]
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
 # the arms in run order (`ARM [baseline] [frontier] [once]`: `once` runs seed 1 only, e.g. a shared starting
@@ -9,13 +9,15 @@
 # <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the
 # initialisation and data.seed=S for the order of the data, in every stage) into
 # <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
-# goes to <out> (default <runs>/report). Environment: NICE (default 5) for the training processes.
+# goes to <out> (default <runs>/report). `--arms A,B`: only those arms, with the baseline, the frontier and
+# the `once` arms they grow from (a new arm next to published ones). Environment: NICE (default 5) for the
+# training processes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage() { sed -n 4p "$0" | sed 's/^# *//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 NAME=$1; shift
-SEEDS=1 SIZE=cpu NPROC=1 RUNS="" OUT=""
+SEEDS=1 SIZE=cpu NPROC=1 RUNS="" OUT="" ARMS=""
 while [ $# -gt 0 ]; do
   case $1 in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
     --nproc) NPROC=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --arms) ARMS=",$2,"; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -37,20 +40,28 @@ OUT=${OUT:-$RUNS/report}
 BIN=${BIGTRAIN_BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 
+for arm in ${ARMS//,/ }; do
+  grep -qE "^$arm( |$)" "$DIR/arms.txt" || { echo "error: --arms: $arm: not an arm of $DIR/arms.txt" >&2; exit 2; }
+done
+
 runs=() frontier=() baseline=""
 while read -r arm rest; do
   [ -n "$arm" ] && [ "${arm:0:1}" != "#" ] || continue
   recipe=$DIR/$SIZE/$arm.yaml
   [ -f "$recipe" ] || { echo "error: $recipe: no such arm recipe (listed in $DIR/arms.txt)" >&2; exit 2; }
-  is_baseline=0 is_frontier=0 seeds=$SEEDS
+  is_baseline=0 is_frontier=0 is_once=0 seeds=$SEEDS
   for word in $rest; do
     case $word in
       baseline) is_baseline=1 ;;
       frontier) is_frontier=1 ;;
-      once) seeds=1 ;;
+      once) seeds=1 is_once=1 ;;
       *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, frontier, once)" >&2; exit 2 ;;
     esac
   done
+  listed=${ARMS/,$arm,/,}
+  if [ -n "$ARMS" ] && [ "$listed" = "$ARMS" ] && [ $is_baseline$is_frontier$is_once = 000 ]; then
+    continue
+  fi
   for seed in $(seq 1 "$seeds"); do
     out=$RUNS/$arm-seed$seed
     echo "[run.sh] $NAME/$arm seed $seed -> $out"
