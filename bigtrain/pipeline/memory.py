@@ -168,7 +168,8 @@ def activation_bytes(cfg: BigTrainConfig, micro_batch: int, seq_len: int, checkp
 
     Per token and layer (SDPA/flash attention, no s^2 term): attention block 2 norm in/out (plus the fp32
     copy RMSNorm makes), q, k, v, attention output and its contiguous copy; FFN block 2 norm in/out, gate,
-    up, silu(gate) and the product. With checkpointing only each layer's input stays, plus one layer
+    up, silu(gate) and the product; an MoE FFN (model/moe.py) keeps those for each of a token's top-k experts,
+    with the gathered input and the weighted output, and the fp32 router logits. With checkpointing only each layer's input stays, plus one layer
     recomputed. The loss adds bf16 logits, their fp32 copy and the fp32 log-softmax (10 B per logit).
     """
     tokens = micro_batch * seq_len
@@ -182,6 +183,9 @@ def activation_bytes(cfg: BigTrainConfig, micro_batch: int, seq_len: int, checkp
         )
         attn = width * (2 * d + 2 * q * hd + 2 * kv * hd) + 4 * d
         ffn = width * (2 * d + 4 * f) + 4 * d if f else 0
+        if f and cfg.layer_is_moe(i):  # per token: fp32 router logits and probabilities; per (token, slot):
+            e, k = int(cfg.moe["num_experts"]), int(cfg.moe["top_k"])  # its gathered input, the expert's
+            ffn = width * 2 * d + 4 * d + 8 * e + k * width * (3 * d + 4 * f)  # FFN, its output, weighted
         return tokens * (attn + ffn)
 
     per_layer = [layer(i) for i in range(cfg.num_hidden_layers)]
