@@ -131,11 +131,28 @@ def against_frontier(run: Run, frontier: list[dict[str, Any]]) -> dict[str, Any]
     }
 
 
-def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Seeds of one arm (`NAME-seed<N>`) summarised: mean, min and max of the final loss and savings."""
+def seed_of(name: str) -> str | None:
+    found = SEED_SUFFIX.search(name)
+    return found.group(0) if found else None
+
+
+def arm_groups(entries: list[dict[str, Any]], baseline: str | None = None) -> list[dict[str, Any]]:
+    """Seeds of one arm (`NAME-seed<N>`) summarised: mean, min and max of the final loss and savings, and,
+    with a baseline, of each seed's final loss minus the baseline arm's of the same seed (paired: a shared
+    seed shares the initialisation and the data order, so the pairs cancel what the seed alone explains)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         groups.setdefault(SEED_SUFFIX.sub("", e["name"]), []).append(e)
+    base_by_seed: dict[str, float] = {}
+    if baseline is not None:
+        for m in groups.get(SEED_SUFFIX.sub("", baseline), []):
+            if (seed := seed_of(m["name"])) and m["final_eval_loss"] is not None:
+                base_by_seed[seed] = m["final_eval_loss"]
+
+    def paired(m: dict[str, Any]) -> float | None:
+        base = base_by_seed.get(seed_of(m["name"]) or "")
+        return None if base is None or m["final_eval_loss"] is None else m["final_eval_loss"] - base
+
     out = []
     for arm, members in groups.items():
         if len(members) < 2:
@@ -147,6 +164,7 @@ def arm_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ("token_saving_pct", lambda m: (m.get("vs_baseline") or {}).get("token_saving_pct")),
             ("loss_gain_at_equal_flops", lambda m: (m.get("vs_baseline") or {}).get("loss_gain_at_equal_flops")),
             ("frontier_saving_pct", lambda m: (m.get("vs_frontier") or {}).get("frontier_saving_pct")),
+            ("paired_loss_diff", paired),
         ):
             values = [v for m in members if (v := get(m)) is not None]
             row[key] = (
@@ -172,7 +190,7 @@ def build_report(runs: list[Run], baseline: Run | None, frontier_runs: list[Run]
         "baseline": baseline.name if baseline is not None else None,
         "frontier": frontier,
         "runs": entries,
-        "arms": arm_groups(entries),
+        "arms": arm_groups(entries, baseline.name if baseline is not None else None),
     }
 
 
@@ -282,14 +300,15 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
             "Arms over seeds (mean [min, max]):",
             "",
             "| arm | seeds | final held-out loss | FLOPs saving % | token saving % | gain at equal FLOPs (nats) "
-            "| saving vs frontier % |",
-            "|---|---|---|---|---|---|---|",
+            "| saving vs frontier % | loss − baseline's, same seed (nats) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for a in report["arms"]:
             lines.append(
                 f"| {a['arm']} | {a['seeds']} | {_spread(a['final_eval_loss'], '.4f')} | "
                 f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} | "
-                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} | {_spread(a.get('frontier_saving_pct'), '+.1f')} |"
+                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} | {_spread(a.get('frontier_saving_pct'), '+.1f')} | "
+                f"{_spread(a.get('paired_loss_diff'), '+.4f')} |"
             )
     tasks = sorted({t for e in report["runs"] for t in e["downstream"]})
     if tasks:

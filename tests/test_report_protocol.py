@@ -1,4 +1,5 @@
-"""bigtrain-report counts the compute of the run a grown run started from (its `init_from`), on constructed runs."""
+"""bigtrain-report on constructed runs: the compute of the run a grown run started from (its `init_from`) counts,
+and arms are compared with the baseline seed by seed."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import pytest
 from bigtrain.report.runs import load_run
 
 
-def write_run(path: Path, steps: int, flops_per_token: float, init_from: str | None = None) -> None:
-    """A finished run of `steps` steps of 100 tokens, evaluated at its end, 0.5 s a step."""
+def write_run(
+    path: Path, steps: int, flops_per_token: float, init_from: str | None = None, loss: float | None = None
+) -> None:
+    """A finished run of `steps` steps of 100 tokens, evaluated at its end (`loss`), 0.5 s a step."""
     path.mkdir(parents=True)
+    loss = 4.0 - steps / 100 if loss is None else loss
     lines = [
         {"step": steps, "loss": 4.0, "lr": 1e-3, "tokens": steps * 100, "step_time_s": 0.5},
-        {"step": steps, "eval_loss": 4.0 - steps / 100},
+        {"step": steps, "eval_loss": loss},
     ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     info = {"tokens": steps * 100, "flops_per_token": flops_per_token, "init_from": init_from}
-    (path / "run.json").write_text(json.dumps({**info, "final_eval": {"eval_loss": 4.0 - steps / 100}}))
+    (path / "run.json").write_text(json.dumps({**info, "final_eval": {"eval_loss": loss}}))
 
 
 def test_a_grown_run_counts_the_compute_of_the_run_it_grew_from(tmp_path: Path, monkeypatch) -> None:
@@ -59,3 +63,26 @@ def test_a_grown_run_counts_the_compute_of_the_run_it_grew_from(tmp_path: Path, 
     assert f"- grown: {repo / 'runs' / 'base'} (2000 FLOPs)" in md and "- lost: init_from runs/nowhere/hf" in md
     subprocess.run([*cmd, "--own-compute", "--out", str(out)], check=True, capture_output=True)
     assert json.loads((out / "report.json").read_text())["runs"][0]["flops"] == pytest.approx(1e4)
+
+
+def test_arms_are_compared_with_the_baseline_seed_by_seed(tmp_path: Path) -> None:
+    # the baseline's seeds scatter (5.0, 5.3, 4.7); the arm is 0.1 above it on every seed, 0.2 on none
+    for seed, (base, arm) in enumerate([(5.0, 5.1), (5.3, 5.4), (4.7, 4.8)], start=1):
+        write_run(tmp_path / f"scratch-seed{seed}", steps=10, flops_per_token=1.0, loss=base)
+        write_run(tmp_path / f"stack-seed{seed}", steps=10, flops_per_token=1.0, loss=arm)
+    write_run(tmp_path / "stack-seed4", steps=10, flops_per_token=1.0, loss=9.0)  # no baseline seed 4: unpaired
+    out = tmp_path / "rep"
+    runs = [str(tmp_path / f"stack-seed{s}") for s in range(1, 5)] + [
+        str(tmp_path / f"scratch-seed{s}") for s in (2, 3)
+    ]
+    cmd = [sys.executable, "-m", "bigtrain.cli.report", *runs, "--baseline", str(tmp_path / "scratch-seed1")]
+    subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
+    arms = {a["arm"]: a for a in json.loads((out / "report.json").read_text())["arms"]}
+    diff = arms["stack"]["paired_loss_diff"]
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(0.1)
+    assert diff["min"] == pytest.approx(0.1) and diff["max"] == pytest.approx(0.1)
+    assert arms["scratch"]["paired_loss_diff"]["mean"] == 0.0
+    assert (
+        "| stack | 4 |" in (out / "report.md").read_text()
+        and "+0.1000 [+0.1000, +0.1000] |" in (out / "report.md").read_text()
+    )
