@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from bigtrain.train.cpu_info import remember_cpu_info
+
 
 @dataclass(frozen=True)
 class World:
@@ -57,6 +59,7 @@ def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     process group gives up (train.dist_timeout_minutes)."""
     fill_env_from_slurm()
     quiet_libraries()
+    remember_cpu_info()  # before DeepSpeed builds (loads) its first op
     if "RANK" not in os.environ:  # plain `python bigtrain/train.py`: a group of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
