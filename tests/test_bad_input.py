@@ -9,7 +9,6 @@ the one-line check. `test_missing_recipe_file` starts the script in a fresh inte
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,55 +16,14 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config import RecipeError, load_recipe
-from tests.trainer_runs import REPO, TRAIN, tiny_overrides
+from tests.trainer_runs import REPO, TRAIN, run_forked, tiny_overrides
 
-FORKED = """
-import json, os, runpy, sys
-from bigtrain.cli.common import USER_ERRORS  # noqa: F401 - what bigtrain.cli.train.main imports first
-from bigtrain.config import load_recipe  # noqa: F401
-from bigtrain.train.preemption import PreemptionFlag  # noqa: F401
-from bigtrain.train.preflight import preflight  # noqa: F401
-script, results = sys.argv[1], []
-for case in json.loads(sys.stdin.read()):
-    sys.stdout.flush(), sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: `python bigtrain/train.py ARGS`, its output to the case's files
-        for fd, name in ((1, "stdout"), (2, "stderr")):
-            os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        sys.argv, code = [script, *case["args"]], 0
-        try:
-            runpy.run_path(script, run_name="__main__")
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(code)
-    results.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(results))
-"""
-
-
-def run_forked(cases: list[list[str]], tmp: Path) -> list[subprocess.CompletedProcess]:
-    """Run `bigtrain/train.py` once per argument list, each in a process forked as described above."""
-    spec = [{"args": a, "stdout": str(tmp / f"{i}.out"), "stderr": str(tmp / f"{i}.err")} for i, a in enumerate(cases)]
-    parent = subprocess.run(
-        [sys.executable, "-c", FORKED, str(TRAIN)],
-        input=json.dumps(spec),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert parent.returncode == 0 and parent.stderr == "", parent.stderr[-3000:]  # the shared imports say nothing
-    codes = json.loads(parent.stdout.splitlines()[-1])
-    assert parent.stdout.splitlines()[:-1] == []
-    return [
-        subprocess.CompletedProcess(c["args"], code, Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text())
-        for c, code in zip(spec, codes)
-    ]
+PRELOAD = [  # what bigtrain.cli.train.main imports before it checks its input
+    "bigtrain.train.preemption",
+    "bigtrain.cli.common",
+    "bigtrain.config",
+    "bigtrain.train.preflight",
+]
 
 
 def make_existing_run(out: Path) -> Path:
@@ -125,7 +83,7 @@ def bad_runs(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "before": snapshot(run),
             "args": tiny_overrides(demo_data, run, d / "cache", **extra),
         }
-    results = run_forked([c["args"] for c in cases.values()], root)
+    results = run_forked(TRAIN, [c["args"] for c in cases.values()], PRELOAD, root)
     for case, result in zip(cases.values(), results):
         case["result"] = result
     return cases
