@@ -261,7 +261,7 @@ def test_prepare_stage(step_demo: tuple[Path, list[str], str], tmp_path: Path) -
             ["recipes/step-demo.yaml", "--prepare-stage", "s2", f"output_dir={fresh}"],
             ["recipes/step-demo.yaml", "--prepare-stage", "s9", f"output_dir={fresh}"],
         ],
-        ["bigtrain.cli.run"],
+        ["bigtrain.cli.common", "bigtrain.config", "bigtrain.pipeline.family", "bigtrain.pipeline.runner"],
         tmp_path,
         module=True,
     )

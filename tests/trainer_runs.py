@@ -170,6 +170,8 @@ def run_forked(
     of every such process on the 2-core machine). For commands that fail early or are short; the parent's own
     output (import-time warnings) must be empty, so a check of a child's stderr is as strict as in a fresh
     interpreter."""
+    # a preloaded target module would be run a second time as __main__ (runpy warns on stderr): preload its imports
+    assert not module or str(target) not in preload, "preload what the module imports, not the module"
     spec = {
         "preload": preload,
         "target": str(target),
