@@ -1,4 +1,11 @@
-"""Bad input to the trainer: one clear line naming what and where, exit code 2, nothing written over."""
+"""Bad input to the trainer: one clear line naming what and where, exit code 2, nothing written over.
+
+Each bad command is `bigtrain/train.py` run as a script in a process of its own, its stdout, stderr and exit
+status its own. The table's commands are forked from one process that has imported what the trainer imports
+before it checks its input (`bigtrain.config` pulls in torch and transformers, ~5 s per process on the
+2-core machine); that process's own output must be empty, so an import that writes to stderr still fails
+the one-line check. `test_missing_recipe_file` starts the script in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,18 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config import RecipeError, load_recipe
-from tests.trainer_runs import REPO, TRAIN, tiny_overrides
+from tests.trainer_runs import REPO, TRAIN, run_forked, tiny_overrides
+
+PRELOAD = [  # what bigtrain.cli.train.main imports before it checks its input
+    "bigtrain.train.preemption",
+    "bigtrain.cli.common",
+    "bigtrain.config",
+    "bigtrain.train.preflight",
+]
 
 
-@pytest.fixture
-def existing_run(tmp_path: Path) -> Path:
+def make_existing_run(out: Path) -> Path:
     """An output_dir that already holds a run's files: none may change when a new command fails."""
-    out = tmp_path / "run"
     (out / "checkpoints" / "step_5").mkdir(parents=True)
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
     (out / "recipe.yaml").write_text("output_dir: run\n")
@@ -50,25 +62,47 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def bad_runs(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every bad command of the table and the empty data set, each with its own existing run and cache dir."""
+    root = tmp_path_factory.mktemp("bad-input")
+    cases: dict[str, dict] = {}
+    for i, name in enumerate([*CASES, "empty dataset"]):
+        d = root / str(i)
+        d.mkdir()
+        run = make_existing_run(d / "run")
+        if name == "empty dataset":
+            empty = d / "empty.txt"
+            empty.write_text("")
+            extra: dict[str, object] = {"data.train_files": f"[{empty}]"}
+        else:
+            extra = CASES[name][0]
+        cases[name] = {
+            "run": run,
+            "cache": d / "cache",
+            "before": snapshot(run),
+            "args": tiny_overrides(demo_data, run, d / "cache", **extra),
+        }
+    results = run_forked(TRAIN, [c["args"] for c in cases.values()], PRELOAD, root)
+    for case, result in zip(cases.values(), results):
+        case["result"] = result
+    return cases
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_fails_with_one_line(case: str, demo_data: Path, existing_run: Path, tmp_path: Path) -> None:
-    extra, needle = CASES[case]
-    before = snapshot(existing_run)
-    args = tiny_overrides(demo_data, existing_run, tmp_path / "cache", **extra)
-    line = error_line(run_train(args))
-    assert needle in line, line
-    assert snapshot(existing_run) == before
-    assert not (tmp_path / "cache").exists()
+def test_bad_input_fails_with_one_line(case: str, bad_runs: dict[str, dict]) -> None:
+    run = bad_runs[case]
+    line = error_line(run["result"])
+    assert CASES[case][1] in line, line
+    assert snapshot(run["run"]) == run["before"]
+    assert not run["cache"].exists()
 
 
-def test_empty_dataset(demo_data: Path, existing_run: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    before = snapshot(existing_run)
-    args = tiny_overrides(demo_data, existing_run, tmp_path / "cache", **{"data.train_files": f"[{empty}]"})
-    line = error_line(run_train(args))
+def test_empty_dataset(bad_runs: dict[str, dict]) -> None:
+    run = bad_runs["empty dataset"]
+    line = error_line(run["result"])
     assert "empty" in line and "data.train_files" in line, line
-    assert snapshot(existing_run) == before
+    assert snapshot(run["run"]) == run["before"]
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:

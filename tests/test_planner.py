@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bigtrain.pipeline.planner import plan_recipe
 from bigtrain.pipeline.stage_search import compositions, paper_stage_cost, search_stage_sizes
 from bigtrain.train.step_lora import apply_step
 from tests.growth_helpers import tiny_config
+from tests.trainer_runs import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,30 +112,38 @@ def test_step_1b_largest_stage_is_half_of_vanilla() -> None:
     assert plan.search["fits_budget"] is True
 
 
-def run_plan(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.plan", *args], capture_output=True, text=True, cwd=REPO, check=False
-    )
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory: pytest.TempPathFactory) -> list[subprocess.CompletedProcess[str]]:
+    """The CLI's four commands below, each `python -m bigtrain.cli.plan ...` in a process of its own (forked
+    from one that imported the CLI's modules: tests/trainer_runs.run_forked)."""
+    tmp = tmp_path_factory.mktemp("plan-cli")
+    bad = tmp / "bad.yaml"
+    bad.write_text("stages:\n  - name: a\n  - name: b\n    grow: {op: stack, layers: 1}\n")
+    commands = [
+        ["recipes/step-1b.yaml", "--budget-gb", "40", "--world-size", "8", "--json"],
+        ["recipes/step-1b.yaml", "--budget-gb", "1"],
+        [str(bad)],
+        ["recipes/step-1b.yaml", "--stages", "30"],
+    ]
+    preload = ["bigtrain.cli.common", "bigtrain.config", "bigtrain.pipeline.planner"]  # what bigtrain.cli.plan imports
+    return run_forked("bigtrain.cli.plan", commands, preload, tmp, module=True)
 
 
-def test_cli_json_and_table() -> None:
-    out = run_plan("recipes/step-1b.yaml", "--budget-gb", "40", "--world-size", "8", "--json")
+def test_cli_json_and_table(plans: list[subprocess.CompletedProcess[str]]) -> None:
+    out, table = plans[0], plans[1]
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert [s["layers"] for s in data["stages"]] == [9, 17, 24]
     assert all(s["peak_bytes"] < data["vanilla_peak_bytes"] for s in data["stages"])
     assert data["world_size"] == 8
-    table = run_plan("recipes/step-1b.yaml", "--budget-gb", "1")
     assert table.returncode == 0
     assert "vanilla" in table.stdout and "over budget" in table.stdout and "OVER the budget" in table.stdout
 
 
-def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("stages:\n  - name: a\n  - name: b\n    grow: {op: stack, layers: 1}\n")
-    out = run_plan(str(bad))
+def test_cli_bad_input_is_one_line(plans: list[subprocess.CompletedProcess[str]]) -> None:
+    out = plans[2]
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "stage 'b'" in out.stderr and "shrink" in out.stderr
-    out = run_plan("recipes/step-1b.yaml", "--stages", "30")
+    out = plans[3]
     assert out.returncode == 2 and "30 STEP stages" in out.stderr

@@ -19,9 +19,9 @@ from bigtrain.model.counting import train_flops_per_token
 from bigtrain.model.modeling import BigTrainForCausalLM
 from bigtrain.pipeline.family import step_flops_per_token
 from bigtrain.pipeline.planner import plan_recipe
-from bigtrain.pipeline.runner import launch_command
 from bigtrain.train.step_lora import apply_step, layer_index, merge_block, step_flops_change
 from tests.growth_helpers import tiny_config
+from tests.trainer_runs import TRAIN, rank_launcher, run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,11 +182,12 @@ def test_step_state_bytes_are_what_the_planner_says(step_demo: tuple[Path, list[
 def test_step_state_bytes_in_bf16(step_demo: tuple[Path, list[str], str], tmp_path: Path) -> None:
     """The GPU case: bf16 weights (2 B), fp32 gradient partitions (4 B, grad_accum_dtype fp32), fp32 master +
     Adam (12 B) per trainable parameter, 2 B per frozen one. DeepSpeed runs bf16 on CPU too, so the STEP stage
-    s2 is rerun in bf16 on 2 ranks."""
+    s2 is rerun in bf16 on 2 ranks (started by tests/spawn_ranks.py: the stages above went through bigtrain-run's
+    deepspeed launcher already)."""
     out, _, _ = step_demo
     bf16 = [f"output_dir={tmp_path / 's2'}", "train.precision=bf16", "train.max_steps=1", "train.export=false"]
     run = subprocess.run(
-        [*launch_command(out / "s2" / "stage.yaml", 2), *bf16],
+        [*rank_launcher(2), str(TRAIN), "--recipe", str(out / "s2" / "stage.yaml"), *bf16],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -245,24 +246,34 @@ def test_rerun_resumes_at_the_unfinished_stage(step_demo: tuple[Path, list[str],
 @pytest.mark.slow
 def test_prepare_stage(step_demo: tuple[Path, list[str], str], tmp_path: Path) -> None:
     out, overrides, _ = step_demo
-    done = bigtrain_run("recipes/step-demo.yaml", "--prepare-stage", "s3", *overrides)
+    # the recipe changed its growth since init/ was grown: refuse rather than train the wrong model
+    changed = tmp_path / "changed.yaml"
+    text = (REPO / "recipes" / "step-demo.yaml").read_text()
+    changed.write_text(text.replace("grow: {op: step, layers: 4, init: mean}", "grow: {op: step, layers: 5}"))
+    fresh = tmp_path / "fresh"
+    # four `bigtrain-run` commands, in this order, each a process of its own (forked from one that imported
+    # the CLI's modules: tests/trainer_runs.run_forked)
+    done, stale, early, unknown = run_forked(
+        "bigtrain.cli.run",
+        [
+            ["recipes/step-demo.yaml", "--prepare-stage", "s3", *overrides],
+            [str(changed), "--prepare-stage", "s3", *overrides],
+            ["recipes/step-demo.yaml", "--prepare-stage", "s2", f"output_dir={fresh}"],
+            ["recipes/step-demo.yaml", "--prepare-stage", "s9", f"output_dir={fresh}"],
+        ],
+        ["bigtrain.cli.common", "bigtrain.config", "bigtrain.pipeline.family", "bigtrain.pipeline.runner"],
+        tmp_path,
+        module=True,
+    )
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip().splitlines()[-1])
     assert path == out / "s3" / "stage.yaml"
     flat = load_recipe(path)
     assert flat.init_from == str(out / "s3" / "init") and flat.step is not None and flat.stages is None
-    # the recipe changed its growth since init/ was grown: refuse rather than train the wrong model
-    changed = tmp_path / "changed.yaml"
-    text = (REPO / "recipes" / "step-demo.yaml").read_text()
-    changed.write_text(text.replace("grow: {op: step, layers: 4, init: mean}", "grow: {op: step, layers: 5}"))
-    stale = bigtrain_run(str(changed), "--prepare-stage", "s3", *overrides)
     assert stale.returncode == 2
     assert "was grown with layers=4, the recipe now says 5" in stale.stderr
     # a stage whose previous stage has not run: one line, exit 2, nothing written
-    fresh = tmp_path / "fresh"
-    early = bigtrain_run("recipes/step-demo.yaml", "--prepare-stage", "s2", f"output_dir={fresh}")
     assert early.returncode == 2
     assert early.stderr.strip().splitlines()[-1].startswith("error: stage 's2': stage 's1' has no export")
     assert not (fresh / "s2" / "init").exists()
-    unknown = bigtrain_run("recipes/step-demo.yaml", "--prepare-stage", "s9", f"output_dir={fresh}")
     assert unknown.returncode == 2 and "no stage named 's9'" in unknown.stderr

@@ -157,24 +157,14 @@ def test_export_is_a_stock_llama_with_the_trained_weights(two_ranks: Path, sampl
     torch.testing.assert_close(ours, stock["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_init_from_an_export_starts_from_its_weights(
+def test_signal_during_startup_saves_at_the_first_step_and_exits_3_and_init_from_an_export(
     demo_data: Path, cache_dir: Path, two_ranks: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "next"
-    args = tiny_overrides(demo_data, out, cache_dir, init_from=two_ranks / "hf", **{"train.max_steps": 2})
-    launch(args, ranks=1)
-    first = losses(out)[1]
-    assert first < losses(two_ranks)[1] - 1.0, "a run initialised from trained weights starts lower"
-    info = json.loads((out / "run.json").read_text())
-    assert info["init_from"] == str(two_ranks / "hf")
-
-
-def test_signal_during_startup_saves_at_the_first_step_and_exits_3(
-    demo_data: Path, cache_dir: Path, tmp_path: Path
-) -> None:
-    """SIGUSR1 (Slurm's pre-timeout signal) arriving while the trainer still imports is not lost."""
+    """SIGUSR1 (Slurm's pre-timeout signal) arriving while the trainer still imports is not lost; the run
+    starts from the two-rank run's export (init_from), so it also checks that a run initialised from an
+    export starts from its weights (one run for both: each launch is ~20 s of start-up)."""
     out = tmp_path / "preempted"
-    args = tiny_overrides(demo_data, out, cache_dir, **{"train.max_steps": 4})
+    args = tiny_overrides(demo_data, out, cache_dir, init_from=two_ranks / "hf", **{"train.max_steps": 4})
     proc = launch(args, ranks=1, background=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.0)
     proc.send_signal(signal.SIGUSR1)
@@ -185,3 +175,6 @@ def test_signal_during_startup_saves_at_the_first_step_and_exits_3(
     assert (out / "checkpoints" / "step_1" / "bigtrain_state.json").exists()
     launch(args, ranks=1)  # the same command finishes the run
     assert sorted(losses(out)) == [1, 2, 3, 4]
+    # init_from: the first step (trained before the signal was acted on) starts from the trained weights
+    assert losses(out)[1] < losses(two_ranks)[1] - 1.0, "a run initialised from trained weights starts lower"
+    assert json.loads((out / "run.json").read_text())["init_from"] == str(two_ranks / "hf")

@@ -128,3 +128,72 @@ def metrics(output_dir: Path) -> list[dict]:
 
 def losses(output_dir: Path) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in metrics(output_dir) if "loss" in m}
+
+
+FORKED = """
+import importlib, json, os, runpy, sys
+spec = json.loads(sys.stdin.read())
+for name in spec["preload"]:  # what the command imports before it checks its input, imported once
+    importlib.import_module(name)
+results = []
+for case in spec["cases"]:
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: `python SCRIPT ARGS` or `python -m MODULE ARGS`, its output to the case's files
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        sys.argv, code = [spec["target"], *case["args"]], 0
+        try:
+            if spec["module"]:
+                runpy.run_module(spec["target"], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(spec["target"], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    results.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(results))
+"""
+
+
+def run_forked(
+    target: str | Path, cases: list[list[str]], preload: list[str], tmp: Path, module: bool = False
+) -> list[subprocess.CompletedProcess]:
+    """Run `python TARGET ARGS` (a script, or `python -m TARGET ARGS` with `module`) once per argument list, in
+    order, each in a process of its own with its own stdout, stderr and exit status: children forked from one
+    process that has imported the `preload` modules (torch and transformers through bigtrain.config are ~5 s
+    of every such process on the 2-core machine). For commands that fail early or are short; the parent's own
+    output (import-time warnings) must be empty, so a check of a child's stderr is as strict as in a fresh
+    interpreter."""
+    # a preloaded target module would be run a second time as __main__ (runpy warns on stderr): preload its imports
+    assert not module or str(target) not in preload, "preload what the module imports, not the module"
+    spec = {
+        "preload": preload,
+        "target": str(target),
+        "module": module,
+        "cases": [
+            {"args": a, "stdout": str(tmp / f"{i}.out"), "stderr": str(tmp / f"{i}.err")} for i, a in enumerate(cases)
+        ],
+    }
+    parent = subprocess.run(
+        [sys.executable, "-c", FORKED],
+        input=json.dumps(spec),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert parent.returncode == 0 and parent.stderr == "", parent.stderr[-3000:]
+    out = parent.stdout.splitlines()
+    assert len(out) == 1, parent.stdout[-3000:]  # the parent prints nothing but the exit statuses
+    return [
+        subprocess.CompletedProcess(
+            [str(target), *c["args"]], code, Path(c["stdout"]).read_text(), Path(c["stderr"]).read_text()
+        )
+        for c, code in zip(spec["cases"], json.loads(out[0]))
+    ]
