@@ -17,6 +17,10 @@ for a in "$@"; do
 done
 
 bash tools/setup.sh
+# DeepSpeed's CPU ops compile on a machine's first use (~2.5 min): build them while the cluster comes up
+ops_log=$(mktemp)
+.venv/bin/python tools/build_ds_ops.py > "$ops_log" 2>&1 &
+build_ops=$!
 if [ "${BIGTRAIN_NO_SLURM:-0}" != 1 ]; then
   if ! bash tools/slurm-cluster.sh status >/dev/null 2>&1 && [ $keep_cluster = 0 ]; then
     # ours to stop: set before `up`, so a cluster that fails half way up is stopped as well
@@ -31,6 +35,8 @@ fi
 .venv/bin/ruff format --check bigtrain tests tools
 # /dev/shm is RAM: shm all-reduce files left by killed ranks of earlier runs would starve this one
 .venv/bin/python tools/clean_shm.py
+wait $build_ops || { echo "tools/build_ds_ops.py failed:" >&2; cat "$ops_log" >&2; exit 1; }
+grep build_ds_ops "$ops_log" || true
 status=0
 .venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile \
   --durations 25 ${args[@]+"${args[@]}"} || status=$?
