@@ -86,3 +86,22 @@ def test_arms_are_compared_with_the_baseline_seed_by_seed(tmp_path: Path) -> Non
         "| stack | 4 |" in (out / "report.md").read_text()
         and "+0.1000 [+0.1000, +0.1000] |" in (out / "report.md").read_text()
     )
+
+
+def test_a_pipeline_stage_grown_from_another_run_counts_it_through_its_growth_record(tmp_path: Path) -> None:
+    """bigtrain-run grows a stage into the stage's own `init/`, whose growth.json names the real source."""
+    write_run(tmp_path / "base", steps=10, flops_per_token=2.0)
+    (tmp_path / "base" / "hf").mkdir()
+    for name, source in [("arm", tmp_path / "base" / "hf"), ("self", tmp_path / "self" / "small" / "hf")]:
+        stage = tmp_path / name / "grown"
+        write_run(stage, steps=20, flops_per_token=5.0, init_from=str(stage / "init"))
+        (stage / "init").mkdir()
+        (stage / "init" / "growth.json").write_text(json.dumps({"op": "net2net", "source": {"path": str(source)}}))
+        (tmp_path / name / "pipeline.json").write_text(json.dumps({"stages": ["grown"]}))
+    arm = load_run(tmp_path / "arm")
+    assert arm.inherited is not None and arm.inherited.path == tmp_path / "base" and arm.flops == 2e3 + 1e4
+    # a source inside the run's own root is one of its stages, already counted: no offset, no note
+    write_run(tmp_path / "self" / "small", steps=10, flops_per_token=2.0)
+    (tmp_path / "self" / "small" / "hf").mkdir()
+    own = load_run(tmp_path / "self")
+    assert own.inherited is None and own.inherited_note is None and own.flops == 1e4

@@ -162,19 +162,35 @@ def stage_order(root: Path) -> list[str]:
     return [d.name for d in sorted(dirs, key=prepared_at)]
 
 
+def find_path(given: str, run_dir: Path) -> Path | None:
+    """A path as the training command saw it: absolute, or relative to the current directory or to any
+    directory above the run (the repository the recipes were run in)."""
+    path = Path(given)
+    if path.is_absolute():
+        return path if path.exists() else None
+    for base in [Path.cwd(), *run_dir.resolve().parents]:
+        if (base / path).exists():
+            return (base / path).resolve()
+    return None
+
+
 def source_run_dir(init_from: str, run_dir: Path) -> Path | None:
-    """The run directory that wrote `init_from`: the nearest directory with a run.json at or above it
-    (an export `hf/`, `checkpoints/step_N`). A relative path is read as the training command saw it, from
-    the current directory or from any directory above the run (the repository the recipes were run in)."""
-    given = Path(init_from)
-    bases = [Path.cwd(), *run_dir.resolve().parents] if not given.is_absolute() else [Path("/")]
-    for base in bases:
-        path = base / given
-        if path.exists():
-            for cand in [path, *path.parents][:4]:
-                if (cand / "run.json").is_file():
-                    return cand
+    """The run directory whose training produced `init_from`'s weights: for a grown checkpoint (with a
+    growth record, e.g. the `init/` bigtrain-run grows into a stage) the run its source came from, else
+    the nearest directory with a run.json at or above `init_from` (an export `hf/`, `checkpoints/step_N`)."""
+    path = find_path(init_from, run_dir)
+    record = path / "growth.json" if path is not None else None
+    if record is not None and record.is_file():
+        try:
+            source = json.loads(record.read_text())["source"]["path"]
+        except (ValueError, KeyError, TypeError):
             return None
+        path = find_path(str(source), run_dir)
+    if path is None:
+        return None
+    for cand in [path, *path.parents][:4]:
+        if (cand / "run.json").is_file():
+            return cand
     return None
 
 
@@ -195,7 +211,9 @@ def load_run(path: str | Path, name: str | None = None, inherited: bool = True, 
     init_from = parts[0].info.get("init_from")
     if inherited and init_from:
         source = source_run_dir(str(init_from), parts[0].path)
-        if source is None:
+        if source is not None and root.resolve() in [source.resolve(), *source.resolve().parents]:
+            pass  # grown from an earlier stage of this run: already counted
+        elif source is None:
             run.inherited_note = f"init_from {init_from}: no run directory found; its compute is not counted"
         elif source.resolve() in _seen:
             run.inherited_note = f"init_from {init_from}: a cycle of runs; its compute is not counted"
