@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bigtrain.errors import BigtrainError
+from bigtrain.growth.record import GROWTH_RECORD_NAME
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -179,7 +180,7 @@ def source_run_dir(init_from: str, run_dir: Path) -> Path | None:
     growth record, e.g. the `init/` bigtrain-run grows into a stage) the run its source came from, else
     the nearest directory with a run.json at or above `init_from` (an export `hf/`, `checkpoints/step_N`)."""
     path = find_path(init_from, run_dir)
-    record = path / "growth.json" if path is not None else None
+    record = path / GROWTH_RECORD_NAME if path is not None else None
     if record is not None and record.is_file():
         try:
             source = json.loads(record.read_text())["source"]["path"]
@@ -194,7 +195,7 @@ def source_run_dir(init_from: str, run_dir: Path) -> Path | None:
     return None
 
 
-def load_run(path: str | Path, name: str | None = None, inherited: bool = True, _seen: tuple = ()) -> Run:
+def load_run(path: str | Path, name: str | None = None, inherited: bool = True, _seen: tuple[Path, ...] = ()) -> Run:
     """A run's curves; with `inherited`, offset by the compute of the run its first stage grew from."""
     root = Path(path)
     if not root.is_dir():
