@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,48 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zygote() -> Iterator[None]:
+    """The fork server (tests/zygote.py) that the suite's Python subprocesses start from: rank launches
+    (tests/spawn_ranks.py), bigtrain-run's stages (through $BIGTRAIN_LAUNCHER) and the CLI commands tests
+    run as `[*PYTHON, "-m", ...]`. One per pytest process; `BIGTRAIN_TEST_NO_ZYGOTE=1` turns it off.
+    Launches before it is ready (it imports for ~9 s, in the background) start fresh interpreters.
+
+    Every subprocess runs with one OpenMP thread (the rank launches always did: two ranks on two cores),
+    so that the server, which reads OMP_NUM_THREADS once when torch loads, can serve them all."""
+    from tests.zygote import ENV_VAR
+
+    if os.environ.get("BIGTRAIN_TEST_NO_ZYGOTE") == "1" or ENV_VAR in os.environ:
+        yield
+        return
+    home = Path(tempfile.mkdtemp(prefix="bigtrain-zygote-"))
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            ENV_VAR: str(home / "socket"),
+            "BIGTRAIN_LAUNCHER": f"{sys.executable} {REPO / 'tests' / 'spawn_ranks.py'} {{nproc}} {{port}}",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    with open(home / "log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "zygote.py"), str(home / "socket")],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

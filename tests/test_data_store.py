@@ -23,7 +23,7 @@ from bigtrain.data.token_file import META, TOKENS
 from bigtrain.data.tokenizer import load_tokenizer
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.stages import resolve_stages
-from tests.trainer_runs import REPO
+from tests.trainer_runs import PYTHON, REPO
 
 
 @pytest.fixture(scope="module")
@@ -302,13 +302,12 @@ def test_concurrent_prepare_parts_write_one_index(tmp_path: Path, tokenizer, sma
     """Issue 21: N `bigtrain-data prepare --shard I/N` processes started together (a Slurm array); each
     used to read the finished shards once, at its start, so none wrote the index. The last to finish does."""
     import subprocess
-    import sys
 
     demo = str(REPO / "recipes" / "demo.yaml")
     files = "data.train_files=[" + ",".join(str(f) for f in small_files) + "]"
     out = tmp_path / "tok"
     n = len(small_files)
-    cmd = [sys.executable, "-m", "bigtrain.cli.data", "prepare", demo, files, "data.eval_files=[]", "--out", str(out)]
+    cmd = [*PYTHON, "-m", "bigtrain.cli.data", "prepare", demo, files, "data.eval_files=[]", "--out", str(out)]
     procs = [
         subprocess.Popen([*cmd, "--shard", f"{i}/{n}", "--workers", "1"], stdout=subprocess.PIPE, text=True)
         for i in range(n)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bigtrain.evaluation.shakespeare_task import SHIPPED, build
-from tests.trainer_runs import REPO, launch, tiny_overrides
+from tests.trainer_runs import PYTHON, REPO, launch, tiny_overrides
 
 
 def test_the_shipped_task_is_built_from_the_held_out_split(demo_data: Path) -> None:
@@ -32,7 +31,7 @@ def test_bigtrain_eval_scores_a_tiny_export(tmp_path: Path, demo_data: Path) -> 
     out = tmp_path / "run"
     launch(tiny_overrides(demo_data, out, tmp_path / "cache", **{"train.max_steps": 2}), ranks=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "bigtrain.cli.eval", str(out), "--tasks", "shakespeare_next_line", "--limit", "24"]
+    cmd = [*PYTHON, "-m", "bigtrain.cli.eval", str(out), "--tasks", "shakespeare_next_line", "--limit", "24"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((out / "eval" / "downstream.json").read_text())
@@ -44,7 +43,7 @@ def test_bigtrain_eval_scores_a_tiny_export(tmp_path: Path, demo_data: Path) -> 
     assert any((out / "tb").glob("events.out.tfevents.*"))
     # ... and bigtrain-report shows them
     rep = subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.report", str(out), "--out", str(tmp_path / "rep")],
+        [*PYTHON, "-m", "bigtrain.cli.report", str(out), "--out", str(tmp_path / "rep")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -55,7 +54,7 @@ def test_bigtrain_eval_scores_a_tiny_export(tmp_path: Path, demo_data: Path) -> 
 
 
 def test_bigtrain_eval_names_a_missing_export(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "bigtrain.cli.eval", str(tmp_path), "--tasks", "shakespeare_next_line"]
+    cmd = [*PYTHON, "-m", "bigtrain.cli.eval", str(tmp_path), "--tasks", "shakespeare_next_line"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

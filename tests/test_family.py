@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from bigtrain.model.counting import non_embedding_params, train_flops_per_token
 from bigtrain.pipeline.family import family_flops, family_table, format_family_table, step_flops_per_token
 from bigtrain.pipeline.planner import plan_recipe
 from bigtrain.pipeline.stages import resolve_stages
+from tests.trainer_runs import PYTHON
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_family_demo_end_to_end(tmp_path: Path, demo_data: Path) -> None:
     out = tmp_path / "family"
     overrides = [f"output_dir={out}", f"data.cache_dir={tmp_path / 'data'}", "train.max_steps=6"]
     run = subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.run", "recipes/family-demo.yaml", "--nproc", "1", *overrides],
+        [*PYTHON, "-m", "bigtrain.cli.run", "recipes/family-demo.yaml", "--nproc", "1", *overrides],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -4,7 +4,6 @@ without LoRA (`step: {lora: false}`), next to STEP's frozen-with-LoRA."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bigtrain.pipeline.memory import model_tensors
 from bigtrain.pipeline.stages import resolve_stages
 from bigtrain.train.step_lora import apply_step, layer_index, step_flops_change
 from tests.growth_helpers import tiny_config
+from tests.trainer_runs import PYTHON
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA_PRO = StepConfig(lora=False, train_embeddings=False, train_lm_head=False)
@@ -65,7 +65,7 @@ def test_llama_pro_stage_keeps_the_inherited_layers(tmp_path: Path, demo_data: P
     out = tmp_path / "run"
     overrides = [f"output_dir={out}", f"data.cache_dir={out / 'data'}", "train.max_steps=3"]
     run = subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.run", "recipes/block-expand-demo.yaml", "--nproc", "1", *overrides],
+        [*PYTHON, "-m", "bigtrain.cli.run", "recipes/block-expand-demo.yaml", "--nproc", "1", *overrides],
         capture_output=True,
         text=True,
         cwd=REPO,

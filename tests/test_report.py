@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 from bigtrain.report.runs import load_run
 from bigtrain.report.target import cost_to_reach, frontier_cost, saving, value_at
-from tests.trainer_runs import REPO, launch, metrics, tiny_overrides
+from tests.trainer_runs import PYTHON, REPO, launch, metrics, tiny_overrides
 
 PLOTS = ("loss_vs_tokens.png", "loss_vs_flops.png", "loss_vs_wall.png", "lr.png", "stages.png")
 
@@ -35,7 +34,7 @@ stages:
 
 
 def cli(module: str, *args: object, check: bool = True) -> subprocess.CompletedProcess:
-    env_cmd = [sys.executable, "-m", module, *map(str, args)]
+    env_cmd = [*PYTHON, "-m", module, *map(str, args)]
     result = subprocess.run(env_cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bigtrain.report.runs import load_run
+from tests.trainer_runs import PYTHON
 
 
 def write_run(
@@ -53,7 +53,7 @@ def test_a_grown_run_counts_the_compute_of_the_run_it_grew_from(tmp_path: Path, 
     assert lost.flops == 2000 * 5.0 and "runs/nowhere/hf" in (lost.inherited_note or "")
 
     out = tmp_path / "rep"
-    cmd = [sys.executable, "-m", "bigtrain.cli.report", str(repo / "runs" / "grown"), str(repo / "runs" / "lost")]
+    cmd = [*PYTHON, "-m", "bigtrain.cli.report", str(repo / "runs" / "grown"), str(repo / "runs" / "lost")]
     subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
     report = json.loads((out / "report.json").read_text())
     entries = {e["name"]: e for e in report["runs"]}
@@ -75,7 +75,7 @@ def test_arms_are_compared_with_the_baseline_seed_by_seed(tmp_path: Path) -> Non
     runs = [str(tmp_path / f"stack-seed{s}") for s in range(1, 5)] + [
         str(tmp_path / f"scratch-seed{s}") for s in (2, 3)
     ]
-    cmd = [sys.executable, "-m", "bigtrain.cli.report", *runs, "--baseline", str(tmp_path / "scratch-seed1")]
+    cmd = [*PYTHON, "-m", "bigtrain.cli.report", *runs, "--baseline", str(tmp_path / "scratch-seed1")]
     subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
     arms = {a["arm"]: a for a in json.loads((out / "report.json").read_text())["arms"]}
     diff = arms["stack"]["paired_loss_diff"]

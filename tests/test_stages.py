@@ -122,6 +122,18 @@ def test_run_continues_a_stage_given_more_steps(tmp_path: Path, monkeypatch: pyt
     assert run_all(["train.max_steps=5"]) == []
 
 
+def test_launch_command_default_and_custom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rank: plain python; more: the deepspeed launcher; $BIGTRAIN_LAUNCHER: the user's own, filled in."""
+    monkeypatch.delenv(runner.LAUNCHER_ENV, raising=False)
+    stage = Path("/r/s1/stage.yaml")
+    assert runner.launch_command(stage, 1)[1:] == [str(runner.TRAIN_SCRIPT), "--recipe", str(stage)]
+    assert runner.launch_command(stage, 2)[1:5] == ["-m", "deepspeed.launcher.runner", "--num_gpus", "2"]
+    monkeypatch.setenv(runner.LAUNCHER_ENV, "torchrun --nproc-per-node {nproc} --master-port {port} 'a b'")
+    cmd = runner.launch_command(stage, 4)
+    assert cmd[:3] == ["torchrun", "--nproc-per-node", "4"] and cmd[4].isdigit() and cmd[5] == "a b"
+    assert cmd[6:] == [str(runner.TRAIN_SCRIPT), "--recipe", str(stage)]
+
+
 def test_overrides_apply_to_every_stage(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     overrides = [f"output_dir={tmp_path / 'elsewhere'}", "train.max_steps=2"]

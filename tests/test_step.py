@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from bigtrain.pipeline.family import step_flops_per_token
 from bigtrain.pipeline.planner import plan_recipe
 from bigtrain.train.step_lora import apply_step, layer_index, merge_block, step_flops_change
 from tests.growth_helpers import tiny_config
-from tests.trainer_runs import TRAIN, rank_launcher, run_forked
+from tests.trainer_runs import PYTHON, TRAIN, rank_launcher, run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +118,7 @@ def test_apply_step_bad_input(tmp_path: Path) -> None:
 
 def bigtrain_run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bigtrain.cli.run", *args], capture_output=True, text=True, cwd=REPO, check=False
+        [*PYTHON, "-m", "bigtrain.cli.run", *args], capture_output=True, text=True, cwd=REPO, check=False
     )
 
 

@@ -14,15 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bigtrain" / "train.py"
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
 SPAWN = REPO / "tests" / "spawn_ranks.py"
+# `python` for a test's own subprocesses (`[*PYTHON, "-m", "bigtrain.cli.run", ...]`): forked from the suite's
+# preloaded server when there is one (tests/zygote.py), else a fresh `python -u`
+PYTHON = [sys.executable, str(SPAWN), "--plain"]
 
 
 def rank_launcher(ranks: int, real_launcher: bool = False) -> list[str]:
-    """The command prefix that starts `ranks` ranks of a script on this host: plain python for one rank;
-    tests/spawn_ranks.py (the deepspeed launcher's environment without its two deepspeed-importing
-    processes) for more, or the deepspeed launcher itself with `real_launcher` (signal forwarding, and
-    every background run, which tests signal)."""
+    """The command prefix that starts `ranks` ranks of a script on this host: tests/spawn_ranks.py (a plain
+    `python SCRIPT` for one rank; for more, the deepspeed launcher's environment without its two
+    deepspeed-importing processes; forked from the suite's preloaded tests/zygote.py), or with
+    `real_launcher` plain python for one rank and the deepspeed launcher itself for more (signal
+    forwarding, and every background run, which tests signal)."""
     if ranks == 1:
-        return [sys.executable]
+        return [sys.executable] if real_launcher else PYTHON
     if real_launcher:
         return [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port())]
     return [sys.executable, str(SPAWN), str(ranks), str(free_port())]

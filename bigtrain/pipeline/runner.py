@@ -11,6 +11,8 @@ continues at the stage and step where it stopped.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +102,17 @@ def check_grown(stage: Stage, init: Path) -> None:
         )
 
 
+LAUNCHER_ENV = "BIGTRAIN_LAUNCHER"
+
+
 def launch_command(recipe_path: Path, nproc: int) -> list[str]:
-    """One rank: plain Python (a group of one); more: the deepspeed launcher on this node."""
+    """One rank: plain Python (a group of one); more: the deepspeed launcher on this node. `$BIGTRAIN_LAUNCHER`
+    replaces both with a command of your own that starts `{nproc}` ranks of the script after it, e.g.
+    `torchrun --standalone --nproc-per-node {nproc}` (`{port}`: a free port on this host)."""
+    custom = os.environ.get(LAUNCHER_ENV)
+    if custom:
+        prefix = [a.format(nproc=nproc, port=free_port(), python=sys.executable) for a in shlex.split(custom)]
+        return [*prefix, str(TRAIN_SCRIPT), "--recipe", str(recipe_path)]
     if nproc == 1:
         return [sys.executable, str(TRAIN_SCRIPT), "--recipe", str(recipe_path)]
     return [
