@@ -18,6 +18,8 @@ def dry(tmp_path: Path, *sections: str, deadline: int = 540) -> subprocess.Compl
         "OUT": str(tmp_path / "out"),
         "SCRATCH": str(tmp_path / "scratch"),
         "DEADLINE_S": str(deadline),
+        "PYTHON": str(REPO / "tests" / "python"),  # its ~17 Python commands forked from the suite's server
+        "BIGTRAIN_TEST_RUNTIME_ENV": "OUT,SCRATCH,DEADLINE_S,PYTHON",  # the script's own, not read by an import
     }
     return subprocess.run(
         ["bash", "tools/gpu/run_gpu_checks.sh", "--dry", *sections],

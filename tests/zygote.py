@@ -1,14 +1,16 @@
 """A fork server for the suite's Python processes: `python tests/zygote.py SOCKET` imports what a rank
 imports (torch, DeepSpeed, transformers' LLaMA, the trainer) once, then starts each requested process as
-a fork of itself, so a launch costs milliseconds instead of the ~9 s of CPU those imports take on the
-2-core machine (about 60% of the suite's CPU time was imports, `docs/testing.md`).
+a fork of itself: a launch costs ~0.5 s instead of the ~9 s of CPU those imports take on the 2-core
+machine, plus 1-4 s for the interpreter's exit, for each of the few hundred processes of a suite run
+(docs/testing.md, "The fork server").
 
 Protocol, one request per connection (see `start`): the client sends a JSON object {argv, env, cwd} with
 its stdin, stdout and stderr as file descriptors (SCM_RIGHTS). The server forks a monitor, which forks the
 process and sends back its pid as one line, then, when it ends, its exit status as a second line
 (`os.waitstatus_to_exitcode`: -N for signal N). The process runs like `python -u SCRIPT ARGS` (or
-`python -m MODULE ARGS`): its own argv, environment, working directory and sys.path[0], and it exits as
-the interpreter does (threads joined, atexit handlers run, streams flushed) without the final collection.
+`python -m MODULE ARGS`, `python - ARGS`): its own argv, environment, working directory and sys.path[0],
+and it exits as the interpreter does (threads joined, atexit handlers run, streams flushed) without the
+final collection.
 
 A request whose environment differs from the server's in a variable a library may read at import time
 (anything but the launcher's rank variables and bigtrain's own, listed in RUNTIME_ENV) is refused, and
@@ -40,10 +42,12 @@ RUNTIME_ENV = (
     *("PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"),  # the shell's and pytest's bookkeeping
     # set by libraries when the caller imported them (torch, its inductor, an OpenMP shim), not read at import
     *("PYTORCH_NVML_BASED_CUDA_CHECK", "KMP_DUPLICATE_LIB_OK"),
+    "PYTHONUNBUFFERED",  # read when an interpreter starts; a fork's streams are unbuffered anyway
 )
 RUNTIME_PREFIXES = ("BIGTRAIN_", "SLURM_", "_TORCHINDUCTOR_")
 PRELOAD = ("bigtrain.cli.train", "bigtrain.train.loop", "transformers.models.llama.modeling_llama", "peft")
 ENV_VAR = "BIGTRAIN_TEST_ZYGOTE"
+DECLARED_ENV = "BIGTRAIN_TEST_RUNTIME_ENV"  # "A,B": variables only the requested script reads, at run time
 
 
 def runtime_key(key: str) -> bool:
@@ -88,7 +92,12 @@ def _run_child(request: dict, fds: list[int], set_by_imports: dict[str, str]) ->
     argv = request["argv"]
     code: object = 0
     try:
-        if argv[0] == "-m":
+        if argv[0] == "-":  # `python - ARGS`: the script on stdin
+            sys.argv = list(argv)
+            sys.path[0] = ""
+            main = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": "<stdin>"}
+            exec(compile(sys.stdin.read(), "<stdin>", "exec"), main)
+        elif argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             sys.path[0] = request["cwd"]
             sys.modules.pop(argv[1], None)  # a preloaded module runs afresh as __main__, as `python -m` runs it
@@ -130,7 +139,11 @@ def _serve_one(conn: socket.socket, env: dict[str, str], set_by_imports: dict[st
     # what the imports set is what the process will have: a request that carries the same value (its
     # caller imported torch too) is no conflict
     theirs = {k: v for k, v in request["env"].items() if set_by_imports.get(k) != v}
-    conflict = env_conflict(env, theirs)
+    # and what the caller declares its script's own (a test's OUT, SCRATCH for the GPU session's dry run)
+    declared = [k for k in request["env"].get(DECLARED_ENV, "").split(",") if k]
+    conflict = env_conflict(
+        {k: v for k, v in env.items() if k not in declared}, {k: v for k, v in theirs.items() if k not in declared}
+    )
     if conflict is not None:
         print(f"zygote: refused {request['argv'][:1]}: {conflict} differs", file=sys.stderr, flush=True)
         conn.sendall(json.dumps({"refused": conflict}).encode() + b"\n")
@@ -160,6 +173,12 @@ def serve(path: str) -> None:
     env = dict(os.environ)  # what requests are compared with: the environment the imports saw
     for name in PRELOAD:
         importlib.import_module(name)
+    # a fork has only the forking thread: a thread started by an import would be missing, its locks held
+    threads = os.listdir("/proc/self/task")
+    if len(threads) != 1:
+        raise SystemExit(
+            f"zygote: the imports started {len(threads) - 1} thread(s); not serving (forks would lack them)"
+        )
     gc.freeze()  # the preloaded objects: never collected, so a fork's collections do not touch (copy) them
     # what the imports themselves set (torch: PYTORCH_NVML_BASED_CUDA_CHECK), as a fresh process would have it
     set_by_imports = {k: v for k, v in os.environ.items() if env.get(k) != v}

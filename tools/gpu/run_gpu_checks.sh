@@ -29,7 +29,8 @@ OUT=${OUT:-$PWD/gpu-out}
 DEADLINE_S=${DEADLINE_S:-540}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-if [[ $DRY -eq 1 && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
+# dry mode: $PYTHON if given (the suite's tests/python), else this checkout's venv
+if [[ $DRY -eq 1 && -z ${PYTHON:-} && -x .venv/bin/python ]]; then PY=.venv/bin/python; fi
 SCRATCH=${SCRATCH:-/tmp/bigtrain-gpu}  # checkpoints and weights: large, never under $OUT
 WORK=$SCRATCH/out                       # small results, packed into $OUT/results.tar.gz
 mkdir -p "$WORK"
