@@ -59,7 +59,9 @@ def supervise(procs: list[Forked | subprocess.Popen], plain: bool = False) -> in
             if p.poll() is None:
                 p.send_signal(signum)
         codes = [p.wait() for p in procs]
-        exit_like(codes[0]) if plain else sys.exit(128 + signum)
+        if plain:
+            exit_like(codes[0])
+        sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
