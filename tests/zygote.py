@@ -40,6 +40,7 @@ import traceback
 RUNTIME_ENV = (
     *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE", "MASTER_ADDR", "MASTER_PORT"),
     *("PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"),  # the shell's and pytest's bookkeeping
+    *("COLUMNS", "LINES"),  # the terminal's size, which pytest sets on a terminal; argparse reads it when it prints
     # set by libraries when the caller imported them (torch, its inductor, an OpenMP shim), not read at import
     *("PYTORCH_NVML_BASED_CUDA_CHECK", "KMP_DUPLICATE_LIB_OK"),
     "PYTHONUNBUFFERED",  # read when an interpreter starts; a fork's streams are unbuffered anyway
