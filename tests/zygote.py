@@ -55,10 +55,11 @@ def runtime_key(key: str) -> bool:
     return key in RUNTIME_ENV or key.startswith(RUNTIME_PREFIXES)
 
 
-def env_conflict(ours: dict[str, str], theirs: dict[str, str]) -> str | None:
-    """The first variable that differs and may have been read at import time, or None."""
+def env_conflict(ours: dict[str, str], theirs: dict[str, str], allowed: frozenset[str] = frozenset()) -> str | None:
+    """The first variable that differs and may have been read at import time (not a runtime key, not in
+    `allowed`), or None."""
     for key in sorted(set(ours) | set(theirs)):
-        if ours.get(key) != theirs.get(key) and not runtime_key(key):
+        if ours.get(key) != theirs.get(key) and not runtime_key(key) and key not in allowed:
             return key
     return None
 
@@ -141,10 +142,8 @@ def _serve_one(conn: socket.socket, env: dict[str, str], set_by_imports: dict[st
     # caller imported torch too) is no conflict
     theirs = {k: v for k, v in request["env"].items() if set_by_imports.get(k) != v}
     # and what the caller declares its script's own (a test's OUT, SCRATCH for the GPU session's dry run)
-    declared = [k for k in request["env"].get(DECLARED_ENV, "").split(",") if k]
-    conflict = env_conflict(
-        {k: v for k, v in env.items() if k not in declared}, {k: v for k, v in theirs.items() if k not in declared}
-    )
+    declared = frozenset(k for k in request["env"].get(DECLARED_ENV, "").split(",") if k)
+    conflict = env_conflict(env, theirs, declared)
     if conflict is not None:
         print(f"zygote: refused {request['argv'][:1]}: {conflict} differs", file=sys.stderr, flush=True)
         conn.sendall(json.dumps({"refused": conflict}).encode() + b"\n")
@@ -159,7 +158,7 @@ def _serve_one(conn: socket.socket, env: dict[str, str], set_by_imports: dict[st
     conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     ended = os.pidfd_open(pid)
     # the process ends, or its launcher does (killed, e.g. by a test's timeout): then the process is killed
-    # too, as it would have been had the launcher been its parent
+    # too, so a killed launcher leaves nothing running
     if ended not in select.select([ended, conn], [], [])[0]:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
