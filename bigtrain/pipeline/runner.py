@@ -111,7 +111,8 @@ def launch_command(recipe_path: Path, nproc: int) -> list[str]:
     `torchrun --standalone --nproc-per-node {nproc}` (`{port}`: a free port on this host)."""
     custom = os.environ.get(LAUNCHER_ENV)
     if custom:
-        prefix = [a.format(nproc=nproc, port=free_port(), python=sys.executable) for a in shlex.split(custom)]
+        fill = {"nproc": nproc, "port": free_port(), "python": sys.executable}  # one port, however often named
+        prefix = [a.format(**fill) for a in shlex.split(custom)]
         return [*prefix, str(TRAIN_SCRIPT), "--recipe", str(recipe_path)]
     if nproc == 1:
         return [sys.executable, str(TRAIN_SCRIPT), "--recipe", str(recipe_path)]
