@@ -1,4 +1,6 @@
-"""DeepSpeed's CPU shm all-reduce files do not outlive a launch: each one is 69 MB of RAM in /dev/shm."""
+"""DeepSpeed's CPU shm all-reduce is neither built nor mapped by the trainer (it serves only DeepSpeed's
+inference layers; each rank's file is 69 MB of RAM in /dev/shm), and files left by other DeepSpeed processes
+are cleaned without touching live ones."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from tests.trainer_runs import start_ranks
 RANK = """
 import torch, torch.distributed as dist
 from bigtrain.train.distributed import init_distributed, shm_buffer_path, shutdown_distributed
+from deepspeed.comm import comm as ds_comm
 world = init_distributed()
+assert ds_comm.cdb.shm_comm_op is None, "DeepSpeed built its shm all-reduce"
 t = torch.ones(4)
 dist.all_reduce(t)
 assert t.tolist() == [2.0] * 4, t
@@ -21,7 +25,7 @@ shutdown_distributed()  # gloo's threads alive at exit can abort the process (-6
 """
 
 
-def test_a_single_host_cpu_launch_leaves_no_shm_file() -> None:
+def test_a_single_host_cpu_launch_makes_no_shm_file() -> None:
     # LOCAL_SIZE == WORLD_SIZE is what makes DeepSpeed create its shm buffers (the deepspeed launcher sets it)
     port = str(free_port())
     procs = start_ranks(RANK, [], MASTER_PORT=port, LOCAL_SIZE="2")

@@ -1,7 +1,8 @@
 """Remove DeepSpeed CPU shm all-reduce files in /dev/shm that no live process maps.
 
-Ranks unlink their own file once the group is up (bigtrain.train.distributed.unlink_shm_buffer); a rank
-killed before that leaves 69 MB of RAM behind until reboot. tools/test.sh runs this before and after the suite.
+bigtrain's ranks make none (bigtrain.train.distributed.skip_shm_allreduce); other DeepSpeed processes, e.g. the
+peer benchmark's HF Trainer runner, make one per rank and never remove it: 69 MB of RAM until reboot.
+tools/test.sh runs this before and after the suite.
 """
 
 from __future__ import annotations

@@ -68,11 +68,11 @@ def init_distributed(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> World:
     import deepspeed
 
     if not dist.is_initialized():
+        skip_shm_allreduce()
         deepspeed.init_distributed(
             dist_backend="nccl" if torch.cuda.is_available() else "gloo",
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
-    unlink_shm_buffer()
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -89,21 +89,25 @@ def shm_buffer_path(rank: int) -> Path:
     return SHM_DIR / name
 
 
-def unlink_shm_buffer() -> None:
-    """Remove this rank's DeepSpeed shm all-reduce file once every rank has mapped it. DeepSpeed never unlinks
-    it, so each single-host CPU launch left world_size x 69 MB of RAM in /dev/shm until reboot (a few hundred
-    test launches filled a 24 GiB machine). The mapping outlives the name; the barrier keeps a slow peer from
-    finding the name gone while it still waits to open it."""
-    path = shm_buffer_path(dist.get_rank())
-    if not path.exists():
-        return  # not a single-host CPU group, or a backend without the shm op
-    dist.barrier()
-    path.unlink(missing_ok=True)
+def skip_shm_allreduce() -> None:
+    """Keep DeepSpeed's CPU backend from building and mapping its shared-memory all-reduce. It serves only
+    `inference_all_reduce` (DeepSpeed's inference tensor-parallel layers); training's collectives go through
+    torch.distributed (gloo), so for a trainer the op is pure cost: a JIT build on a machine's first launch
+    (~1 min on 2 cores, every rank waiting on its lock) and a 69 MB /dev/shm file per rank that DeepSpeed
+    never removes. DeepSpeed builds it only where its op table says it is compatible; the table is made
+    once per process and meant to be edited (deepspeed/ops/__init__.py)."""
+    if torch.cuda.is_available():
+        return  # the GPU backends have no such op
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 def remove_stale_shm_buffers(directory: Path = SHM_DIR) -> list[Path]:
-    """Delete DeepSpeed shm all-reduce files that no live process maps (left by ranks killed before
-    unlink_shm_buffer ran); returns what it removed. Safe beside running jobs: their files are mapped."""
+    """Delete DeepSpeed shm all-reduce files that no live process maps (left by processes that start
+    DeepSpeed's CPU backend without skip_shm_allreduce, e.g. a peer benchmark's runners, and were killed);
+    returns what it removed. Safe beside running jobs: their files are mapped."""
     candidates = sorted(directory.glob(SHM_BUFFER_PREFIX + "*"))
     if not candidates:
         return []
