@@ -47,6 +47,22 @@ TINY = [
     f"data.cache_dir={CLUSTER_CONF.parent / 'token-cache'}",
 ]
 
+# For a job whose ranks may fork from the suite's preloaded server (tests/zygote.py) instead of importing
+# torch, DeepSpeed and transformers afresh (~10 s of CPU each): train.sbatch's own $BIGTRAIN_PYTHON, set to
+# tests/python. What srun and train.sbatch add to a task's environment is read at run time, not at import
+# (gloo runs here, not NCCL). The start-up signal, header time-limit (tuned to a real start-up's length),
+# lost-node and preparation tests keep fresh interpreters.
+FORKED_RANKS = {
+    "BIGTRAIN_PYTHON": str(REPO / "tests" / "python"),
+    "BIGTRAIN_TEST_RUNTIME_ENV": ",".join(
+        (
+            *("LOCAL_WORLD_SIZE", "SLURMD_NODENAME", "ENVIRONMENT", "SRUN_DEBUG", "TMPDIR", "HOSTNAME"),
+            *("TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT"),
+            *("CUDA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK"),
+        )
+    ),
+}
+
 
 @dataclass
 class CliResult:

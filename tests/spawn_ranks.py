@@ -51,8 +51,8 @@ def main() -> int:
 
 
 def supervise(procs: list[Forked | subprocess.Popen], plain: bool = False) -> int:
-    """Wait for the ranks; signals are forwarded, and a failed rank stops the others. On a signal the exit
-    status is the launcher's (128 + N), or with `plain` the process's own."""
+    """Wait for the ranks; signals are forwarded, and a failed rank stops the others. On SIGTERM or SIGINT the
+    exit status is the launcher's (128 + N), or with `plain` the process's own; SIGUSR1 is only passed on."""
 
     def stop(signum: int, _frame: object) -> None:
         for p in procs:
@@ -63,8 +63,15 @@ def supervise(procs: list[Forked | subprocess.Popen], plain: bool = False) -> in
             exit_like(codes[0])
         sys.exit(128 + signum)
 
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Slurm's --signal=B:USR1 reaches srun's tasks, here this process: the ranks decide what it means
+    signal.signal(signal.SIGUSR1, forward)
     while True:
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0)]

@@ -21,7 +21,10 @@ BENCH = REPO / "tools" / "bench" / "bench_peers.py"
 def test_cpu_preset_runs_and_losses_agree(demo_data: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     runners = "bigtrain,hf_deepspeed,hf_deepspeed_liger,torch_eager,torch_compile"
+    # each runner's process (and bigtrain's own, inside its runner) forks from the suite's preloaded server
+    python = str(REPO / "tests" / "python")
     cmd = [sys.executable, str(BENCH), "--preset", "cpu", "--steps", "1", "--warmup", "1", "--runners", runners]
+    cmd += ["--python", python]
     proc = subprocess.run(
         [*cmd, "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
         cwd=REPO,
@@ -54,7 +57,7 @@ def test_cpu_preset_runs_and_losses_agree(demo_data: Path, tmp_path: Path) -> No
 
 def test_unknown_runner_is_one_clear_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--runners", "bigtrain,megatron", "--work", str(tmp_path)],
+        [str(REPO / "tests" / "python"), str(BENCH), "--runners", "bigtrain,megatron", "--work", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ import pytest
 
 from tests.slurm_helpers import (
     CLUSTER_CONF,
+    FORKED_RANKS,
     REPO,
     TINY,
     TRAIN_SBATCH,
@@ -165,6 +166,7 @@ def test_two_nodes_signal_checkpoints_requeues_and_resumes(cluster: None, demo_d
         f"output_dir={run}",
         f"train.max_steps={steps}",
         *TINY,
+        env=FORKED_RANKS,
     )
     log = tmp_path / f"bigtrain-{job}.out"
     deadline = time.monotonic() + 600

@@ -22,6 +22,7 @@ import yaml
 from bigtrain.errors import BigtrainError
 from bigtrain.pipeline.slurm import Launch, SlurmResources, plan_jobs
 from tests.slurm_helpers import (
+    FORKED_RANKS,
     REPO,
     TINY,
     TRAIN_SBATCH,
@@ -156,6 +157,7 @@ def test_gpu_nodes_get_one_rank_per_gpu(cluster: None, demo_data: Path, tmp_path
         f"output_dir={run}",
         "train.max_steps=3",
         *TINY,
+        env=FORKED_RANKS,
     )
     log = tmp_path / f"bigtrain-{job}.out"
     wait_for(job, log)
@@ -173,7 +175,11 @@ def test_gpu_nodes_get_one_rank_per_gpu(cluster: None, demo_data: Path, tmp_path
 
 
 @pytest.mark.slurm
-def test_pipeline_second_stage_starts_from_grown_first(cluster: None, demo_data: Path, tmp_path: Path) -> None:
+def test_pipeline_second_stage_starts_from_grown_first(
+    cluster: None, demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in FORKED_RANKS.items():  # the stage jobs inherit this process's environment
+        monkeypatch.setenv(key, value)
     recipe = two_stage_recipe(tmp_path)
     pipe = tmp_path / "pipe"
     out = submit_cli(str(recipe), "--nodes", "2", "--gpus-per-node", "0")

@@ -23,6 +23,8 @@ print("argv", sys.argv[1:], "rank", os.environ.get("RANK"), "extra", os.environ.
 print("path0", sys.path[0], "cwd", os.getcwd(), "main", __name__, "forked", forked)
 print("to stderr", file=sys.stderr)
 atexit.register(lambda: print("atexit ran", flush=True))
+from concurrent.futures import ThreadPoolExecutor
+ThreadPoolExecutor(1).submit(int)  # its worker left waiting, as torch.compile leaves its pool: exit stops it
 sys.exit(int(os.environ.get("RANK", "0")) + 3)
 """
 
@@ -75,6 +77,16 @@ def test_forked_process_is_the_script(server: str, tmp_path: Path) -> None:
     )
     assert stdin.returncode == 3 and "argv ['z'] rank None extra None\npath0  cwd" in stdin.stdout
     assert "main __main__ forked True" in stdin.stdout
+    code = subprocess.run(
+        [str(REPO / "tests" / "python"), "-c", PROBE, "w"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert code.returncode == 3 and "argv ['w'] rank None extra None\npath0  cwd" in code.stdout
+    assert "main __main__ forked True" in code.stdout
 
 
 def test_request_is_refused_when_import_time_environment_differs(server: str, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ Protocol, one request per connection (see `start`): the client sends a JSON obje
 its stdin, stdout and stderr as file descriptors (SCM_RIGHTS). The server forks a monitor, which forks the
 process and sends back its pid as one line, then, when it ends, its exit status as a second line
 (`os.waitstatus_to_exitcode`: -N for signal N). The process runs like `python -u SCRIPT ARGS` (or
-`python -m MODULE ARGS`, `python - ARGS`): its own argv, environment, working directory and sys.path[0],
+`python -m MODULE ARGS`, `python -c CODE ARGS`, `python - ARGS`): its own argv, environment, working directory and sys.path[0],
 and it exits as the interpreter does (threads joined, atexit handlers run, streams flushed) without the
 final collection.
 
@@ -99,6 +99,11 @@ def _run_child(request: dict, fds: list[int], set_by_imports: dict[str, str]) ->
             sys.path[0] = ""
             main = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": "<stdin>"}
             exec(compile(sys.stdin.read(), "<stdin>", "exec"), main)
+        elif argv[0] == "-c":  # `python -c CODE ARGS`
+            sys.argv = ["-c", *argv[2:]]
+            sys.path[0] = ""
+            main = {"__name__": "__main__", "__builtins__": __builtins__}
+            exec(compile(argv[1], "<string>", "exec"), main)
         elif argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             sys.path[0] = request["cwd"]
@@ -117,11 +122,11 @@ def _run_child(request: dict, fds: list[int], set_by_imports: dict[str, str]) ->
 
 
 def _exit(code: object) -> None:
-    """Exit as the interpreter does (non-daemon threads joined, atexit handlers, the status sys.exit
-    gives), minus its final collection of every object, which takes 1-4 s with these modules loaded."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    """Exit as the interpreter does (threading's own exit hooks, which stop e.g. ThreadPoolExecutor's
+    workers, then the non-daemon threads joined: `threading._shutdown`, as Py_FinalizeEx calls it; then
+    the atexit handlers and the status sys.exit gives), minus its final collection of every object, which
+    takes 1-4 s with these modules loaded."""
+    threading._shutdown()
     atexit._run_exitfuncs()
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)

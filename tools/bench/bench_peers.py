@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def run_bigtrain(spec: dict[str, Any], work: Path) -> dict[str, Any]:
         "train.progress=false",
         *spec["bigtrain_overrides"],
     ]
-    cmd = [sys.executable, str(REPO / "bigtrain" / "train.py"), *overrides]
+    cmd = [*spec["python"], str(REPO / "bigtrain" / "train.py"), *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
         raise RuntimeError(f"bigtrain exited {proc.returncode}: {' '.join(cmd)}")
@@ -271,9 +272,10 @@ def run_hf(spec: dict[str, Any], work: Path, liger: bool) -> dict[str, Any]:
 
     # one process as the transformers docs show for a notebook: the distributed env by hand
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-    from bigtrain.train.distributed import free_port
+    from bigtrain.train.distributed import free_port, skip_shm_allreduce
 
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+    skip_shm_allreduce()  # as bigtrain's ranks do: DeepSpeed's inference-only shm op, a JIT build, unused here
     accum = spec["global_batch"] // spec["micro_batch"]
     args = TrainingArguments(  # before from_pretrained: under ZeRO-3 the model is then built partitioned
         output_dir=str(work / "hf_run"),
@@ -542,6 +544,9 @@ def main() -> int:
     p.add_argument("--bigtrain", action="append", default=[], metavar="KEY=VALUE", help="extra bigtrain override")
     p.add_argument("--out", type=Path, default=None, help="where peers.json / peers.md go (default: a temp dir)")
     p.add_argument("--work", type=Path, default=None, help="scratch dir (weights, tokens, runs); default: temp")
+    p.add_argument(
+        "--python", default=sys.executable, help="the command that starts each runner's process (default: this Python)"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -598,13 +603,10 @@ def main() -> int:
         "precision": "bf16" if torch.cuda.is_available() else "fp32",
         "peer_zero_stage": args.peer_zero_stage,
         "bigtrain_overrides": args.bigtrain,
+        "python": shlex.split(args.python),
     }
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
-    env = {
-        **os.environ,
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # the runners find bigtrain as this script does
     rows, skipped, failed = [], {}, {}
 
     def report() -> dict:
@@ -641,7 +643,7 @@ def main() -> int:
         print(f"bench_peers: {name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         cmd = [
-            sys.executable,
+            *spec["python"],
             __file__,
             "--worker",
             name,
