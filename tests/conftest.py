@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,12 +85,16 @@ def sample_text(demo_data: Path) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Slurm cluster tests first. tools/test.sh runs the suite on two pytest-xdist workers, a test
-    file to a worker (`--dist loadfile`, so module fixtures are built once); the cluster files
-    (test_slurm_submit.py, test_slurm_requeue.py, test_data_slurm.py) mostly wait on the scheduler and on
-    their jobs' start-up, so starting them first, one on each worker, lets the rest fill the cores
-    meanwhile and keeps any one of them from being the long pole."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slurm") else 1)
+    """The longest test files first. tools/test.sh runs the suite on two pytest-xdist workers, a file to a
+    worker (`--dist loadfile`, so module fixtures are built once, and `--no-loadscope-reorder`, else xdist
+    orders the files by their number of tests); a worker takes the next file when it is almost done, so
+    handing the long ones out first keeps one of them from running alone at the end while the other
+    worker idles. The seconds are the last measured run's (tests/file_seconds.json, written by
+    `tools/suite_times.py --save`); a file not in it counts as short. The Slurm files, whose tests mostly
+    wait on the scheduler and on their jobs, are among the longest, so they start early and the other
+    worker fills the cores meanwhile."""
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0))
 
 
 @pytest.fixture(scope="session")

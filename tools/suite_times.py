@@ -1,14 +1,17 @@
 """Per-file wall times of a test-suite run, from pytest's JUnit XML, as a Markdown table (docs/testing.md).
 
     bash tools/test.sh --junitxml=/tmp/suite.xml && python tools/suite_times.py /tmp/suite.xml [--before OLD.xml]
+    python tools/suite_times.py /tmp/suite.xml --save tests/file_seconds.json
 
 With two or more xdist workers the files run side by side: the suite's wall time is about the busiest
-worker's sum, not the total printed at the bottom.
+worker's sum, not the total printed at the bottom. `--save` writes the per-file seconds that
+tests/conftest.py hands the files out by, longest first (refresh it when files are added or change much).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -30,8 +33,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("xml", type=Path)
     p.add_argument("--before", type=Path, help="an earlier run's XML: a before/after column")
+    p.add_argument("--save", type=Path, help="also write {file: seconds} here (JSON, longest first)")
     args = p.parse_args()
     now = file_times(args.xml)
+    if args.save:
+        ranked = dict(sorted(((k, round(v)) for k, v in now.items()), key=lambda kv: (-kv[1], kv[0])))
+        args.save.write_text(json.dumps(ranked, indent=1) + "\n")
     before = file_times(args.before) if args.before else {}
     head = "| file | before (s) | now (s) |" if before else "| file | seconds |"
     print(head)
