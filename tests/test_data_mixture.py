@@ -60,7 +60,9 @@ def two_ranks(demo_data: Path, mixture, one_rank, tmp_path_factory: pytest.TempP
 def resumed(demo_data: Path, mixture, one_rank, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mix-resumed")
     a = args(demo_data, out, mixture)
-    proc = launch(a, ranks=1, background=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launch(
+        a, ranks=1, background=True, real_launcher=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     marker = out / "checkpoints" / "step_4" / "bigtrain_state.json"
     deadline = time.time() + 900
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

@@ -52,7 +52,9 @@ def one_rank(demo_data: Path, cache_dir: Path, tmp_path_factory: pytest.TempPath
 def interrupted(demo_data: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("interrupted")
     args = overrides(demo_data, out, cache_dir)
-    proc = launch(args, ranks=2, background=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = launch(
+        args, ranks=2, background=True, real_launcher=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     marker = out / "checkpoints" / "step_4" / "bigtrain_state.json"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

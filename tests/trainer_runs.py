@@ -69,14 +69,16 @@ def launch(
     ranks: int,
     recipe: Path | None = None,
     check: bool = True,
-    real_launcher: bool = False,
+    real_launcher: bool | None = None,
     **popen: object,
 ):
-    """Run bigtrain/train.py on `ranks` ranks (see rank_launcher; a background run is under the deepspeed
-    launcher, as the tests that signal it need)."""
+    """Run bigtrain/train.py on `ranks` ranks (see rank_launcher). A background run is under the deepspeed
+    launcher unless `real_launcher=False`: the tests that signal it need the launcher's forwarding, while
+    one that SIGKILLs the process group (a crash) can have forked ranks, which die with their launcher."""
     args = ["--recipe", str(recipe or REPO / "recipes" / "demo.yaml"), *overrides]
     background = popen.pop("background", False)
-    cmd = [*rank_launcher(ranks, real_launcher=real_launcher or bool(background)), str(TRAIN), *args]
+    real = bool(background) if real_launcher is None else real_launcher
+    cmd = [*rank_launcher(ranks, real_launcher=real), str(TRAIN), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if background:
         return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **popen)
