@@ -87,11 +87,10 @@ def sample_text(demo_data: Path) -> str:
 SLURM_FILES = ("tests/test_slurm_requeue.py", "tests/test_slurm_submit.py", "tests/test_data_slurm.py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How tools/test.sh's two pytest-xdist workers share the suite (`--dist loadgroup`): each test file is
-    one unit of work (its module fixtures, often a real multi-process run, are built once), except the
-    Slurm files, which are one unit together: their tests mostly wait on the scheduler and on their jobs,
+    """How tools/test.sh's two pytest-xdist workers share the suite (`--dist loadfile`, with the units of
+    pytest_xdist_make_scheduler below): each test file is one unit of work (its module fixtures, often a
+    real multi-process run, are built once), except the Slurm files, which are one unit together: their tests mostly wait on the scheduler and on their jobs,
     and on each other (a test that takes a node away needs the cluster alone), so one worker runs them one
     after another while the other fills the cores. The units are handed out longest first (a worker takes
     the next when it is almost done), so that no long one runs alone at the end while the other worker
@@ -102,13 +101,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     unit_seconds: dict[str, float] = {}
     for path in {item.nodeid.split("::")[0] for item in items}:
         unit_seconds[unit_of(path)] = unit_seconds.get(unit_of(path), 0.0) + seconds.get(path, 0)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(unit_of(item.nodeid.split("::")[0])))
     items.sort(key=lambda item: -unit_seconds[unit_of(item.nodeid.split("::")[0])])
 
 
 def unit_of(test_file: str) -> str:
     return "slurm" if test_file in SLURM_FILES else test_file
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """With `--dist loadfile`: a file is a unit of work, except that the Slurm files are one unit together
+    (xdist's own `loadgroup` would do it with marks, but does not group under pytest 9)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid.split("::")[0])
+
+    return UnitScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

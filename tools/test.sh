@@ -42,7 +42,7 @@ rm -f "$cluster_log"
 # /dev/shm is RAM: DeepSpeed shm all-reduce files left by earlier runs' processes would starve this one
 .venv/bin/python tools/clean_shm.py
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder \
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${BIGTRAIN_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
   --durations 25 ${args[@]+"${args[@]}"} || status=$?
 .venv/bin/python tools/clean_shm.py || true
 exit $status
