@@ -1,7 +1,8 @@
 """Slurm submission of a recipe: one batch job per stage, chained with `--dependency=afterok`.
 
 Each stage job first prepares its stage on the job's first node (`bigtrain-run RECIPE --prepare-stage
-NAME`: the growth step from the previous stage's export, and a flat `stage.yaml`), then runs
+NAME`: the growth step from the previous stage's hand-over (its last training checkpoint), and a flat
+`stage.yaml`), then runs
 `slurm/train.sbatch` on that flat recipe across all nodes, so one script holds the launch, signal and
 requeue logic for direct `sbatch` use and for pipelines alike. A flat recipe is a single job that runs
 `slurm/train.sbatch` straight away. Stages whose export exists are skipped, so resubmitting a partly
