@@ -90,9 +90,9 @@ SLURM_FILES = ("tests/test_slurm_requeue.py", "tests/test_slurm_submit.py", "tes
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """How tools/test.sh's two pytest-xdist workers share the suite (`--dist loadfile`, with the units of
     pytest_xdist_make_scheduler below): each test file is one unit of work (its module fixtures, often a
-    real multi-process run, are built once), except the Slurm files, which are one unit together: their tests mostly wait on the scheduler and on their jobs,
-    and on each other (a test that takes a node away needs the cluster alone), so one worker runs them one
-    after another while the other fills the cores. The units are handed out longest first (a worker takes
+    real multi-process run, are built once), except the Slurm files, which are one unit together: their
+    tests mostly wait on the scheduler and on their jobs, and on each other (a test that takes a node away
+    needs the cluster alone), so one worker runs them one after another while the other fills the cores. The units are handed out longest first (a worker takes
     the next when it is almost done), so that no long one runs alone at the end while the other worker
     idles; `--no-loadscope-reorder` keeps this order (else xdist orders by number of tests). The seconds
     are the last measured run's (tests/file_seconds.json, written by `tools/suite_times.py --save`); a

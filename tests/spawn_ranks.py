@@ -54,19 +54,17 @@ def supervise(procs: list[Forked | subprocess.Popen], plain: bool = False) -> in
     """Wait for the ranks; signals are forwarded, and a failed rank stops the others. On SIGTERM or SIGINT the
     exit status is the launcher's (128 + N), or with `plain` the process's own; SIGUSR1 is only passed on."""
 
-    def stop(signum: int, _frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-        codes = [p.wait() for p in procs]
-        if plain:
-            exit_like(codes[0])
-        sys.exit(128 + signum)
-
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
+
+    def stop(signum: int, frame: object) -> None:
+        forward(signum, frame)
+        codes = [p.wait() for p in procs]
+        if plain:
+            exit_like(codes[0])
+        sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

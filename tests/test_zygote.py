@@ -66,27 +66,25 @@ def test_forked_process_is_the_script(server: str, tmp_path: Path) -> None:
     for r in (0, 1):
         assert f"argv ['--local_rank={r}', 'y'] rank {r} extra None\n" in ranks.stdout
     assert ranks.stdout.count("forked True") == 2
-    stdin = subprocess.run(
-        [str(REPO / "tests" / "python"), "-", "z"],
-        input=PROBE,
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    stdin = through_tests_python(tmp_path, "-", "z", stdin=PROBE)
     assert stdin.returncode == 3 and "argv ['z'] rank None extra None\npath0  cwd" in stdin.stdout
     assert "main __main__ forked True" in stdin.stdout
-    code = subprocess.run(
-        [str(REPO / "tests" / "python"), "-c", PROBE, "w"],
+    code = through_tests_python(tmp_path, "-c", PROBE, "w")
+    assert code.returncode == 3 and "argv ['w'] rank None extra None\npath0  cwd" in code.stdout
+    assert "main __main__ forked True" in code.stdout
+
+
+def through_tests_python(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tests/python ARGS`: python through the server, as shell scripts under test run it."""
+    return subprocess.run(
+        [str(REPO / "tests" / "python"), *args],
+        input=stdin,
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert code.returncode == 3 and "argv ['w'] rank None extra None\npath0  cwd" in code.stdout
-    assert "main __main__ forked True" in code.stdout
 
 
 def test_request_is_refused_when_import_time_environment_differs(server: str, tmp_path: Path) -> None:
