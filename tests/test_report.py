@@ -277,3 +277,14 @@ def test_run_sh_refuses_an_arm_the_experiment_does_not_have() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "--arms: nope: not an arm of recipes/experiments/gstack/arms.txt" in result.stderr
+
+
+def test_run_sh_refuses_a_set_without_a_value() -> None:
+    result = subprocess.run(
+        ["bash", "tools/experiments/run.sh", "gstack", "--set", "model.hidden_size"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr == "error: --set model.hidden_size: expected KEY=VALUE\n"

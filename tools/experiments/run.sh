@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the arms of a paired experiment, then `bigtrain-report` on them.
 #
-#   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR] [--arms A,B]
+#   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR] [--arms A,B] [--set KEY=VALUE]...
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
 # the arms in run order (`ARM [baseline] [frontier] [once]`: `once` runs seed 1 only, e.g. a shared starting
@@ -10,14 +10,17 @@
 # initialisation and data.seed=S for the order of the data, in every stage) into
 # <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
 # goes to <out> (default <runs>/report). `--arms A,B`: only those arms, with the baseline, the frontier and
-# the `once` arms they grow from (a new arm next to published ones). Environment: NICE (default 5) for the
-# training processes.
+# the `once` arms they grow from (a new arm next to published ones). `--set KEY=VALUE` (repeatable): a recipe
+# override for every arm, e.g. the G_stack size trend, the same arms at another width:
+#   run.sh gstack --seeds 3 --arms stack,stack-grow50 --runs runs/experiments/gstack-d192 \
+#     --set model.hidden_size=192 --set model.num_heads=6 --set model.num_kv_heads=6 --set model.intermediate_size=528
+# Environment: NICE (default 5) for the training processes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 usage() { sed -n 4p "$0" | sed 's/^# *//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 NAME=$1; shift
-SEEDS=1 SIZE=cpu NPROC=1 RUNS="" OUT="" ARMS=""
+SEEDS=1 SIZE=cpu NPROC=1 RUNS="" OUT="" ARMS="" SETS=()
 while [ $# -gt 0 ]; do
   case $1 in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -26,6 +29,9 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --arms) ARMS=",$2,"; shift 2 ;;
+    --set)
+      [[ ${2:-} == ?*=* ]] || { echo "error: --set ${2:-}: expected KEY=VALUE" >&2; exit 2; }
+      SETS+=("$2"); shift 2 ;;
     *) usage ;;
   esac
 done
@@ -65,7 +71,7 @@ while read -r arm rest; do
   for seed in $(seq 1 "$seeds"); do
     out=$RUNS/$arm-seed$seed
     echo "[run.sh] $NAME/$arm seed $seed -> $out"
-    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" output_dir="$out" train.seed="$seed" data.seed="$seed"
+    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" ${SETS[@]:+"${SETS[@]}"} output_dir="$out" train.seed="$seed" data.seed="$seed"
     runs+=("$out")
     [ $is_baseline = 1 ] && [ -z "$baseline" ] && baseline=$out
     [ $is_frontier = 1 ] && frontier+=("$out")
