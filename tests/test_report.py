@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,42 @@ def test_run_sh_refuses_a_set_without_a_value() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and result.stderr == "error: --set model.hidden_size: expected KEY=VALUE\n"
+
+
+def test_size_trend_tabulates_each_size_against_its_own_frontier(tmp_path: Path) -> None:
+    published = REPO / "docs" / "results" / "gstack-sweep"
+    wide = json.loads((published / "report.json").read_text())
+    for arm in wide["arms"]:
+        arm["frontier_saving_pct"] = dict(mean=30.0, min=25.0, max=35.0, n=3)
+    (tmp_path / "wide.json").write_text(json.dumps(wide))
+    args = [f"d=128={published}", f"d=256={tmp_path / 'wide.json'}", "--arms", "stack,stack-grow50"]
+    result = subprocess.run(
+        [sys.executable, "tools/experiments/size_trend.py", *args, "--out", str(tmp_path / "trend")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "trend" / "trend.md").read_text().splitlines()
+    assert rows[2].startswith("| d=128 | 4.17e+12, 5.0936 | 5.1055 [5.0897, 5.1224] | +0.012 [+0.008, +0.014] |")
+    assert rows[2].endswith("| -0.088 [-0.095, -0.077] | +16.7 [+12.2, +19.5] |")
+    assert rows[3].startswith("| d=256 |") and rows[3].endswith("| +30.0 [+25.0, +35.0] |")
+    assert Image.open(tmp_path / "trend" / "trend.png").size[0] > 0
+
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "tools/experiments/size_trend.py",
+            f"d=128={published}",
+            "--arms",
+            "nope",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and missing.stderr.startswith("error: d=128: no arm nope in the report")
