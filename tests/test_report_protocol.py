@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bigtrain.growth.record import GROWTH_RECORD_NAME, GrowthRecord
 from bigtrain.report.runs import load_run
 from tests.trainer_runs import PYTHON
 
@@ -96,10 +97,14 @@ def test_a_pipeline_stage_grown_from_another_run_counts_it_through_its_growth_re
         stage = tmp_path / name / "grown"
         write_run(stage, steps=20, flops_per_token=5.0, init_from=str(stage / "init"))
         (stage / "init").mkdir()
-        (stage / "init" / "growth.json").write_text(json.dumps({"op": "net2net", "source": {"path": str(source)}}))
+        record = GrowthRecord("net2net", ["net2net"], {}, {"path": str(source)}, {}, {}, True, [], {})
+        (stage / "init" / GROWTH_RECORD_NAME).write_text(record.to_json())
         (tmp_path / name / "pipeline.json").write_text(json.dumps({"stages": ["grown"]}))
     arm = load_run(tmp_path / "arm")
     assert arm.inherited is not None and arm.inherited.path == tmp_path / "base" and arm.flops == 2e3 + 1e4
+    (tmp_path / "arm" / "grown" / "init" / GROWTH_RECORD_NAME).write_text('{"op": "net2net"')  # truncated
+    truncated = load_run(tmp_path / "arm")
+    assert truncated.flops == 1e4 and truncated.inherited is None and truncated.inherited_note  # own compute, and why
     # a source inside the run's own root is one of its stages, already counted: no offset, no note
     write_run(tmp_path / "self" / "small", steps=10, flops_per_token=2.0)
     (tmp_path / "self" / "small" / "hf").mkdir()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bigtrain.errors import BigtrainError
-from bigtrain.growth.record import GROWTH_RECORD_NAME
+from bigtrain.growth.record import GROWTH_RECORD_NAME, read_growth_record
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -180,11 +180,12 @@ def source_run_dir(init_from: str, run_dir: Path) -> Path | None:
     growth record, e.g. the `init/` bigtrain-run grows into a stage) the run its source came from, else
     the nearest directory with a run.json at or above `init_from` (an export `hf/`, `checkpoints/step_N`)."""
     path = find_path(init_from, run_dir)
-    record = path / GROWTH_RECORD_NAME if path is not None else None
-    if record is not None and record.is_file():
+    if path is not None and (path / GROWTH_RECORD_NAME).is_file():
         try:
-            source = json.loads(record.read_text())["source"]["path"]
-        except (ValueError, KeyError, TypeError):
+            source = read_growth_record(path).source.get("path")
+        except BigtrainError:
+            return None  # a corrupt record: the report shows the run without its source's compute
+        if source is None:
             return None
         path = find_path(str(source), run_dir)
     if path is None:
