@@ -328,3 +328,11 @@ def test_size_trend_tabulates_each_size_against_its_own_frontier(tmp_path: Path)
         timeout=120,
     )
     assert missing.returncode != 0 and missing.stderr.startswith("error: d=128: no arm nope in the report")
+
+
+def test_run_set_refuses_an_unknown_experiment_before_running_any() -> None:
+    result = subprocess.run(
+        ["bash", "tools/experiments/run_set.sh", "gstack", "nope"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and result.stderr == "error: recipes/experiments/nope: no such experiment\n"
+    assert "[run_set]" not in result.stdout
