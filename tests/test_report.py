@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,3 +337,27 @@ def test_run_set_refuses_an_unknown_experiment_before_running_any() -> None:
     )
     assert result.returncode == 2 and result.stderr == "error: recipes/experiments/nope: no such experiment\n"
     assert "[run_set]" not in result.stdout
+
+
+def test_run_sh_passes_sets_and_points_a_grown_arm_at_its_base_under_runs(tmp_path: Path) -> None:
+    """run.sh's own decisions, with bigtrain-run and bigtrain-report replaced by scripts that log their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bigtrain-run", "bigtrain-report"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path / "calls"}\n')
+        (bin_dir / tool).chmod(0o755)
+    runs = tmp_path / "w"
+    cmd = ["bash", "tools/experiments/run.sh", "width", "--arms", "net2net", "--runs", str(runs)]
+    env = {**os.environ, "BIGTRAIN_BIN": str(bin_dir), "NICE": "0"}
+    result = subprocess.run(
+        [*cmd, "--set", "train.lr=1e-3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    trained = [c.split()[1].rsplit("/", 1)[1] for c in calls if c.startswith("bigtrain-run")]
+    frontier = ["scratch-wide", "scratch-wide-0.5x", "scratch-wide-0.75x", "scratch-wide-1.5x"]
+    assert trained == [f"{arm}.yaml" for arm in ["base", *frontier, "net2net"]]  # --arms: with what it needs
+    net2net = next(c for c in calls if "/net2net.yaml" in c)
+    assert f"train.lr=1e-3 init_from={runs}/base-seed1/hf output_dir={runs}/net2net-seed1" in net2net
+    assert "init_from" not in next(c for c in calls if "/scratch-wide.yaml" in c)  # a scratch arm grows from nothing
+    assert calls[-1].startswith("bigtrain-report ") and f"--out {runs}/report" in calls[-1]

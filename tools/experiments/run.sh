@@ -9,7 +9,8 @@
 # <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the
 # initialisation and data.seed=S for the order of the data, in every stage) into
 # <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
-# goes to <out> (default <runs>/report). `--arms A,B`: only those arms, with the baseline, the frontier and
+# goes to <out> (default <runs>/report); an arm that grows from another arm's run (its init_from under
+# runs/experiments/NAME/) grows from <runs>/... instead. `--arms A,B`: only those arms, with the baseline, the frontier and
 # the `once` arms they grow from (a new arm next to published ones). `--set KEY=VALUE` (repeatable): a recipe
 # override for every arm, e.g. the G_stack size trend, the same arms at another width:
 #   run.sh gstack --seeds 3 --arms stack,stack-grow50 --runs runs/experiments/gstack-d192 \
@@ -41,7 +42,8 @@ if [ ! -f "$DIR/arms.txt" ]; then
   exit 2
 fi
 [ "$SIZE" = cpu ] || [ "$SIZE" = gpu ] || { echo "error: --size $SIZE: cpu or gpu" >&2; exit 2; }
-RUNS=${RUNS:-runs/experiments/$NAME$([ "$SIZE" = gpu ] && echo -gpu || true)}
+DEFAULT_RUNS=runs/experiments/$NAME$([ "$SIZE" = gpu ] && echo -gpu || true)
+RUNS=${RUNS:-$DEFAULT_RUNS}
 OUT=${OUT:-$RUNS/report}
 BIN=${BIGTRAIN_BIN:-.venv/bin}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
@@ -68,10 +70,16 @@ while read -r arm rest; do
   if [ -n "$ARMS" ] && [ "$listed" = "$ARMS" ] && [ $is_baseline$is_frontier$is_once = 000 ]; then
     continue
   fi
+  # an arm that grows from another arm's run (init_from under the default runs directory) follows --runs
+  init=$(sed -n 's/^init_from: *\([^ #]*\).*/\1/p' "$recipe")
+  follow=()
+  if [ -n "$init" ] && [ "$RUNS" != "$DEFAULT_RUNS" ] && [ "${init#"$DEFAULT_RUNS"/}" != "$init" ]; then
+    follow=("init_from=$RUNS/${init#"$DEFAULT_RUNS"/}")
+  fi
   for seed in $(seq 1 "$seeds"); do
     out=$RUNS/$arm-seed$seed
     echo "[run.sh] $NAME/$arm seed $seed -> $out"
-    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" ${SETS[@]:+"${SETS[@]}"} output_dir="$out" train.seed="$seed" data.seed="$seed"
+    nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" ${SETS[@]:+"${SETS[@]}"} ${follow[@]:+"${follow[@]}"} output_dir="$out" train.seed="$seed" data.seed="$seed"
     runs+=("$out")
     [ $is_baseline = 1 ] && [ -z "$baseline" ] && baseline=$out
     [ $is_frontier = 1 ] && frontier+=("$out")
