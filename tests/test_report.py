@@ -262,34 +262,20 @@ def test_every_experiment_has_both_sizes_of_each_arm_and_a_baseline() -> None:
         assert sum(x.split()[1:2] == ["baseline"] for x in lines) == 1, name
 
 
-def test_run_sh_refuses_an_unknown_experiment() -> None:
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["nope"], "error: recipes/experiments/nope/arms.txt: no such experiment (known: "),
+        (["gstack", "--arms", "stack,nope"], "error: --arms: nope: not an arm of recipes/experiments/gstack/arms.txt"),
+        (["gstack", "--set", "model.hidden_size"], "error: --set model.hidden_size: expected KEY=VALUE"),
+    ],
+    ids=["experiment", "arm", "set"],
+)
+def test_run_sh_refuses_bad_arguments_in_one_line(args: list[str], error: str) -> None:
     result = subprocess.run(
-        ["bash", "tools/experiments/run.sh", "nope"], cwd=REPO, capture_output=True, text=True, timeout=60
+        ["bash", "tools/experiments/run.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: recipes/experiments/nope/arms.txt: no such experiment")
-
-
-def test_run_sh_refuses_an_arm_the_experiment_does_not_have() -> None:
-    result = subprocess.run(
-        ["bash", "tools/experiments/run.sh", "gstack", "--arms", "stack,nope"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "--arms: nope: not an arm of recipes/experiments/gstack/arms.txt" in result.stderr
-
-
-def test_run_sh_refuses_a_set_without_a_value() -> None:
-    result = subprocess.run(
-        ["bash", "tools/experiments/run.sh", "gstack", "--set", "model.hidden_size"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and result.stderr == "error: --set model.hidden_size: expected KEY=VALUE\n"
+    assert result.returncode == 2 and result.stderr.startswith(error) and result.stderr.count("\n") == 1
 
 
 def test_size_trend_tabulates_each_size_against_its_own_frontier(tmp_path: Path) -> None:
