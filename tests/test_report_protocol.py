@@ -110,3 +110,13 @@ def test_a_pipeline_stage_grown_from_another_run_counts_it_through_its_growth_re
     (tmp_path / "self" / "small" / "hf").mkdir()
     own = load_run(tmp_path / "self")
     assert own.inherited is None and own.inherited_note is None and own.flops == 1e4
+
+
+def test_the_plots_give_an_arm_one_colour_and_one_legend_entry(tmp_path: Path) -> None:
+    from bigtrain.report.plots import arm_styles
+
+    for name in ("stack-seed1", "stack-seed2", "scratch-seed1", "base"):
+        write_run(tmp_path / name, steps=10, flops_per_token=1.0)
+    styles = arm_styles([load_run(tmp_path / n) for n in ("stack-seed1", "scratch-seed1", "stack-seed2", "base")])
+    assert [label for _, label in styles] == ["stack (2 seeds)", "scratch-seed1", "stack (2 seeds)", "base"]
+    assert styles[0][0] == styles[2][0] and len({styles[0][0], styles[1][0], styles[3][0]}) == 3

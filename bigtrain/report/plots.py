@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg): one colour per run, growth points as dotted lines, units on axes."""
+"""The report's figures (matplotlib, Agg): one colour per arm (the seeds of an arm share it and one legend
+entry), growth points as dotted lines, units on axes, the legend beside the axes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bigtrain.report.runs import Point, Run, model_state_bytes
+from bigtrain.report.tables import arm_name
 
 # x axes of the loss plots: (file stem, Point attribute, axis label, log-x)
 LOSS_AXES = (
@@ -18,11 +20,28 @@ LOSS_AXES = (
     ("loss_vs_wall", "wall_s", "training wall time (s, logged step times)", False),
 )
 GROWTH_INDEX = {"tokens": 1, "flops": 2, "wall_s": 3}
+FAINT_TRAIN_LOSS_UP_TO = 8  # runs; past that the training-loss traces only hide the held-out curves
 
 
-def colours(n: int) -> list[str]:
+def colours(n: int) -> list:
+    """n distinct colours: matplotlib's default cycle, or tab20's 20 when there are more than its 10."""
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if n > len(cycle):
+        cycle = list(plt.get_cmap("tab20").colors)
     return [cycle[i % len(cycle)] for i in range(n)]
+
+
+def arm_styles(runs: list[Run]) -> list[tuple[str, str]]:
+    """(colour, legend label) per run: one colour per arm in order of first appearance; the label names the
+    arm and its number of seeds (the run's own name when it is alone)."""
+    arms = list(dict.fromkeys(arm_name(r.name) for r in runs))
+    palette = dict(zip(arms, colours(len(arms)), strict=True))
+    counts = {arm: sum(arm_name(r.name) == arm for r in runs) for arm in arms}
+    styles = []
+    for run in runs:
+        arm = arm_name(run.name)
+        styles.append((palette[arm], f"{arm} ({counts[arm]} seeds)" if counts[arm] > 1 else run.name))
+    return styles
 
 
 def _xy(points: list[Point], axis: str) -> tuple[list[float], list[float]]:
@@ -37,16 +56,17 @@ def _growth_lines(ax: plt.Axes, run: Run, axis: str, colour: str) -> None:
 
 
 def loss_plot(runs: list[Run], axis: str, label: str, log_x: bool, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for run, colour in zip(runs, colours(len(runs))):
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    faint = len(runs) <= FAINT_TRAIN_LOSS_UP_TO
+    for run, (colour, name) in zip(runs, arm_styles(runs), strict=True):
         x, y = _xy(run.train, axis)
-        if x:
+        if x and faint:
             ax.plot(x, y, color=colour, alpha=0.35, linewidth=1.0)
         x, y = _xy(run.eval, axis)
         if x:
-            ax.plot(x, y, color=colour, marker="o", markersize=3.5, linewidth=1.8, label=f"{run.name} (held-out)")
+            ax.plot(x, y, color=colour, marker="o", markersize=3.5, linewidth=1.5, label=f"{name} (held-out)")
         else:
-            ax.plot([], [], color=colour, label=f"{run.name} (no eval points)")
+            ax.plot([], [], color=colour, label=f"{name} (no eval points)")
         x, y = _xy(run.grown_eval, axis)
         if x:
             ax.plot(x, y, color=colour, marker="*", markersize=11, linestyle="none", label="as grown (before step 1)")
@@ -55,7 +75,7 @@ def loss_plot(runs: list[Run], axis: str, label: str, log_x: bool, path: Path) -
         ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title("held-out loss (markers) and training loss (faint)")
+    ax.set_title("held-out loss (markers)" + (" and training loss (faint)" if faint else ""))
     ax.grid(True, alpha=0.3, which="both")
     _dedup_legend(ax)
     fig.tight_layout()
@@ -64,10 +84,10 @@ def loss_plot(runs: list[Run], axis: str, label: str, log_x: bool, path: Path) -
 
 
 def lr_plot(runs: list[Run], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
-    for run, colour in zip(runs, colours(len(runs))):
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=110)
+    for run, (colour, name) in zip(runs, arm_styles(runs), strict=True):
         x, y = _xy(run.lr, "tokens")
-        ax.plot(x, y, color=colour, linewidth=1.5, label=run.name)
+        ax.plot(x, y, color=colour, linewidth=1.5, label=name)
         _growth_lines(ax, run, "tokens", colour)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("learning rate")
@@ -82,7 +102,7 @@ def lr_plot(runs: list[Run], path: Path) -> None:
 def stages_plot(runs: list[Run], path: Path) -> None:
     """Peak memory, model states and trainable parameters per stage (a plain run is one stage)."""
     labels, memory, states, trainable, bar_colours = [], [], [], [], []
-    for run, colour in zip(runs, colours(len(runs))):
+    for run, (colour, _) in zip(runs, arm_styles(runs), strict=True):
         for part in run.parts:
             labels.append(run.name if not run.staged else f"{run.name}/{part.name}")
             memory.append((part.info.get("memory", {}).get("peak_bytes") or 0) / 2**20)
@@ -114,7 +134,7 @@ def _dedup_legend(ax: plt.Axes) -> None:
     for h, lab in zip(handles, labels):
         seen.setdefault(lab, h)
     if seen:
-        ax.legend(list(seen.values()), list(seen.keys()), fontsize=8)
+        ax.legend(list(seen.values()), list(seen.keys()), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def write_plots(runs: list[Run], out: Path) -> list[Path]:

@@ -100,7 +100,7 @@ def frontier_points(runs: list[Run]) -> list[dict[str, Any]]:
     budgets: dict[str, list[Run]] = {}
     for r in runs:
         if r.final_eval_loss is not None:
-            budgets.setdefault(SEED_SUFFIX.sub("", r.name), []).append(r)
+            budgets.setdefault(arm_name(r.name), []).append(r)
     return sorted(
         (
             {
@@ -131,6 +131,11 @@ def against_frontier(run: Run, frontier: list[dict[str, Any]]) -> dict[str, Any]
     }
 
 
+def arm_name(name: str) -> str:
+    """The arm a run belongs to: its name without a trailing `-seed<N>`."""
+    return SEED_SUFFIX.sub("", name)
+
+
 def seed_of(name: str) -> str | None:
     found = SEED_SUFFIX.search(name)
     return found.group(0) if found else None
@@ -142,10 +147,10 @@ def arm_groups(entries: list[dict[str, Any]], baseline: str | None = None) -> li
     seed shares the initialisation and the data order, so the pairs cancel what the seed alone explains)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
-        groups.setdefault(SEED_SUFFIX.sub("", e["name"]), []).append(e)
+        groups.setdefault(arm_name(e["name"]), []).append(e)
     base_by_seed: dict[str, float] = {}
     if baseline is not None:
-        for m in groups.get(SEED_SUFFIX.sub("", baseline), []):
+        for m in groups.get(arm_name(baseline), []):
             if (seed := seed_of(m["name"])) and m["final_eval_loss"] is not None:
                 base_by_seed[seed] = m["final_eval_loss"]
 
