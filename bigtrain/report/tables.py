@@ -41,7 +41,7 @@ def run_entry(run: Run) -> dict[str, Any]:
         "tokens": run.tokens,
         "flops": run.flops,
         "wall_s": run.wall_s,
-        "inherited_from": str(run.inherited.path) if run.inherited else None,
+        "inherited_from": shown(run.inherited.path) if run.inherited else None,
         "inherited_flops": run.inherited.flops if run.inherited else 0.0,
         "inherited_note": run.inherited_note,
         "peak_memory_bytes": run.peak_memory_bytes,
@@ -129,6 +129,14 @@ def against_frontier(run: Run, frontier: list[dict[str, Any]]) -> dict[str, Any]
         "frontier_saving_pct": saving(run.flops, needed),
         "note": None if needed is not None else "the run's final loss lies outside the frontier",
     }
+
+
+def shown(path: Path) -> str:
+    """A path as the report prints it: relative to the working directory when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def arm_name(name: str) -> str:
