@@ -6,8 +6,9 @@
 
 Each LABEL=DIR is a `bigtrain-report` output (its report.json), all of one experiment run at one size each
 (e.g. `tools/experiments/run.sh gstack --set model.hidden_size=...`). Writes DIR/trend.md, a table per size
-of the frontier's 1x loss and, per arm, the saving against that size's frontier and the loss difference
-paired by seed (mean [min, max] over seeds), and DIR/trend.png, the savings against size.
+of the frontier's 1x loss and, per arm, the saving against that size's frontier (with how many seeds lie
+inside the frontier, when not all do) and the loss difference paired by seed (mean [min, max] over
+seeds), and DIR/trend.png, the savings against size.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def spread(stat: dict[str, float] | None, fmt: str) -> str:
     return f"{stat['mean']:{fmt}} [{stat['min']:{fmt}}, {stat['max']:{fmt}}]"
 
 
+def saving_cell(arm: dict[str, Any]) -> str:
+    """The saving's spread, and how many seeds it covers: a seed whose loss lies outside the frontier (below
+    its largest budget's, or above its smallest's) has no saving to average."""
+    stat, seeds = arm.get("frontier_saving_pct"), arm.get("seeds", 0)
+    if not stat:
+        return f"— (all {seeds} seeds outside the frontier)"
+    if stat["n"] < seeds:
+        return f"{spread(stat, '+.1f')} ({stat['n']} of {seeds} seeds inside the frontier)"
+    return spread(stat, "+.1f")
+
+
 def trend_rows(sizes: list[tuple[str, dict[str, Any]]], arms: list[str]) -> list[dict[str, Any]]:
     """Per size: the frontier point at the baseline's own budget, and each arm's statistics."""
     rows = []
@@ -69,7 +81,7 @@ def markdown(rows: list[dict[str, Any]], arms: list[str]) -> str:
             cells += [
                 spread(a.get("final_eval_loss"), ".4f"),
                 spread(a.get("paired_loss_diff"), "+.3f"),
-                spread(a.get("frontier_saving_pct"), "+.1f"),
+                saving_cell(a),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -83,7 +95,20 @@ def plot(rows: list[dict[str, Any]], arms: list[str], out: Path) -> None:
         mean = [s.get("mean", float("nan")) for s in stats]
         low = [m - s.get("min", m) for m, s in zip(mean, stats, strict=True)]
         high = [s.get("max", m) - m for m, s in zip(mean, stats, strict=True)]
-        ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=4, label=arm)
+        drawn = ax.errorbar(xs, mean, yerr=[low, high], marker="o", capsize=4, label=arm)
+        for x, row, stat in zip(xs, rows, stats, strict=True):
+            seeds = row["arms"][arm].get("seeds", 0)
+            if stat and stat.get("n", seeds) < seeds:  # the others lie outside the frontier
+                ax.annotate(
+                    f"{stat['n']}/{seeds} seeds",
+                    (x, stat["mean"]),
+                    textcoords="offset points",
+                    xytext=(6, -12),
+                    fontsize=8,
+                    color=drawn.lines[0].get_color(),
+                )
+        if not any(stats):
+            drawn.set_label(f"{arm} (every seed outside the frontier)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(list(xs), [row["label"] for row in rows])
     ax.set_xlabel("model size (bars: min and max over seeds)")
