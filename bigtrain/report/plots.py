@@ -3,6 +3,7 @@ entry), growth points as dotted lines, units on axes, the legend beside the axes
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -34,9 +35,8 @@ def colours(n: int) -> list:
 def arm_styles(runs: list[Run]) -> list[tuple[str, str]]:
     """(colour, legend label) per run: one colour per arm in order of first appearance; the label names the
     arm and its number of seeds (the run's own name when it is alone)."""
-    arms = list(dict.fromkeys(arm_name(r.name) for r in runs))
-    palette = dict(zip(arms, colours(len(arms)), strict=True))
-    counts = {arm: sum(arm_name(r.name) == arm for r in runs) for arm in arms}
+    counts = Counter(arm_name(r.name) for r in runs)  # insertion-ordered: arms in order of first appearance
+    palette = dict(zip(counts, colours(len(counts)), strict=True))
     styles = []
     for run in runs:
         arm = arm_name(run.name)

@@ -218,7 +218,8 @@ def _mib(b: int | None) -> str:
     return f"{mib:.0f}" if mib >= 100 else f"{mib:.1f}"
 
 
-def _spread(s: dict[str, float] | None, fmt: str) -> str:
+def spread(s: dict[str, float] | None, fmt: str) -> str:
+    """A statistic as `mean [min, max]` in `fmt`, or — when there is none."""
     if not s:
         return "—"
     return f"{format(s['mean'], fmt)} [{format(s['min'], fmt)}, {format(s['max'], fmt)}]"
@@ -318,10 +319,10 @@ def format_markdown(report: dict[str, Any], plots: list[str]) -> str:
         ]
         for a in report["arms"]:
             lines.append(
-                f"| {a['arm']} | {a['seeds']} | {_spread(a['final_eval_loss'], '.4f')} | "
-                f"{_spread(a['flops_saving_pct'], '+.1f')} | {_spread(a['token_saving_pct'], '+.1f')} | "
-                f"{_spread(a.get('loss_gain_at_equal_flops'), '+.4f')} | {_spread(a.get('frontier_saving_pct'), '+.1f')} | "
-                f"{_spread(a.get('paired_loss_diff'), '+.4f')} |"
+                f"| {a['arm']} | {a['seeds']} | {spread(a['final_eval_loss'], '.4f')} | "
+                f"{spread(a['flops_saving_pct'], '+.1f')} | {spread(a['token_saving_pct'], '+.1f')} | "
+                f"{spread(a.get('loss_gain_at_equal_flops'), '+.4f')} | {spread(a.get('frontier_saving_pct'), '+.1f')} | "
+                f"{spread(a.get('paired_loss_diff'), '+.4f')} |"
             )
     tasks = sorted({t for e in report["runs"] for t in e["downstream"]})
     if tasks:

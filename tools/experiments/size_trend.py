@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bigtrain.report.tables import arm_name, spread
+
 
 def load(spec: str) -> tuple[str, dict[str, Any]]:
     label, sep, path = spec.rpartition("=")
@@ -35,12 +37,6 @@ def load(spec: str) -> tuple[str, dict[str, Any]]:
     if not data.get("frontier"):
         raise SystemExit(f"error: {report}: the report has no frontier (bigtrain-report --frontier)")
     return label, data
-
-
-def spread(stat: dict[str, float] | None, fmt: str) -> str:
-    if not stat:
-        return "—"
-    return f"{stat['mean']:{fmt}} [{stat['min']:{fmt}}, {stat['max']:{fmt}}]"
 
 
 def saving_cell(arm: dict[str, Any]) -> str:
@@ -62,7 +58,7 @@ def trend_rows(sizes: list[tuple[str, dict[str, Any]]], arms: list[str]) -> list
         missing = [arm for arm in arms if arm not in by_arm]
         if missing:
             raise SystemExit(f"error: {label}: no arm {', '.join(missing)} in the report (has {', '.join(by_arm)})")
-        base = data.get("baseline", "").rsplit("-seed", 1)[0]
+        base = arm_name(data.get("baseline") or "")
         point = next((p for p in data["frontier"] if p["budget"] == base), data["frontier"][-1])
         rows.append(dict(label=label, baseline=point, arms={arm: by_arm[arm] for arm in arms}))
     return rows
