@@ -103,9 +103,10 @@ def fake_slurm(tmp_path: Path) -> tuple[dict[str, str], Path]:
     bin_dir.mkdir()
     calls = tmp_path / "calls"
     (bin_dir / "srun").write_text(
-        f'#!/bin/bash\necho srun >> {calls}\n[ -n "${{FAKE_SRUN_SAYS:-}}" ] && echo "srun: error: $FAKE_SRUN_SAYS" >&2\n'
-        # $FAKE_HANG: a step that ignores the signal (ranks stuck starting up)
-        'if [ -n "${FAKE_HANG:-}" ]; then trap "" USR1; exec sleep "$FAKE_HANG"; fi\n'
+        # $FAKE_HANG: a step that ignores the signal (ranks stuck starting up); deaf before it says it runs
+        f'#!/bin/bash\n[ -n "${{FAKE_HANG:-}}" ] && trap "" USR1\necho srun >> {calls}\n'
+        '[ -n "${FAKE_SRUN_SAYS:-}" ] && echo "srun: error: $FAKE_SRUN_SAYS" >&2\n'
+        '[ -n "${FAKE_HANG:-}" ] && exec sleep "$FAKE_HANG"\n'
         'exit "${FAKE_RC:-0}"\n'
     )
     (bin_dir / "scontrol").write_text(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer_runs import launch, losses, metrics, tiny_overrides
+from tests.trainer_runs import launch, losses, metrics, tiny_overrides, wait_until_caught
 
 STEPS = 12
 
@@ -168,7 +168,7 @@ def test_signal_during_startup_saves_at_the_first_step_and_exits_3_and_init_from
     out = tmp_path / "preempted"
     args = tiny_overrides(demo_data, out, cache_dir, init_from=two_ranks / "hf", **{"train.max_steps": 4})
     proc = launch(args, ranks=1, background=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    wait_until_caught(proc.pid)  # the handler is set before the heavy imports: the signal still comes mid-start-up
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 3, err[-2000:]

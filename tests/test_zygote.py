@@ -17,11 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 SPAWN = REPO / "tests" / "spawn_ranks.py"
 
 PROBE = """
-import atexit, os, sys
+import atexit, os, sys, time
 forked = "torch" in sys.modules  # a fresh interpreter has not imported it yet
 print("argv", sys.argv[1:], "rank", os.environ.get("RANK"), "extra", os.environ.get("BIGTRAIN_PROBE"))
 print("path0", sys.path[0], "cwd", os.getcwd(), "main", __name__, "forked", forked)
 print("to stderr", file=sys.stderr)
+if os.environ.get("RANK") == "1":  # printed (and flushed: the launcher may end this rank any moment now)
+    sys.stdout.flush()
+    open("rank1.printed", "w").close()
+if os.environ.get("RANK") == "0":  # the first rank to fail ends the other: not before it has printed
+    deadline = time.monotonic() + 60
+    while not os.path.exists("rank1.printed") and time.monotonic() < deadline:
+        time.sleep(0.01)
 atexit.register(lambda: print("atexit ran", flush=True))
 from concurrent.futures import ThreadPoolExecutor
 ThreadPoolExecutor(1).submit(int)  # its worker left waiting, as torch.compile leaves its pool: exit stops it

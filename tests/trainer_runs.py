@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bigtrain.train.distributed import free_port
@@ -88,6 +90,19 @@ def launch(
             f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def wait_until_caught(pid: int, signum: int = signal.SIGUSR1, timeout: float = 120) -> None:
+    """Until process `pid` has a handler for `signum` (its SigCgt mask in /proc): a signal sent before would
+    kill it, which a fixed sleep after the start cannot rule out on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < deadline, f"process {pid} set no handler for signal {signum} in {timeout} s"
+        time.sleep(0.01)
 
 
 def run_ranks(script: Path, args: list[str], ranks: int) -> subprocess.CompletedProcess:
