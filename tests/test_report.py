@@ -326,7 +326,7 @@ def test_run_set_refuses_an_unknown_experiment_before_running_any() -> None:
     assert "[run_set]" not in result.stdout
 
 
-def test_run_sh_passes_sets_and_points_a_grown_arm_at_its_base_under_runs(tmp_path: Path) -> None:
+def test_run_sh_passes_sets_and_points_a_grown_arm_at_its_seeds_base_under_runs(tmp_path: Path) -> None:
     """run.sh's own decisions, with bigtrain-run and bigtrain-report replaced by scripts that log their arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -334,7 +334,7 @@ def test_run_sh_passes_sets_and_points_a_grown_arm_at_its_base_under_runs(tmp_pa
         (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {tmp_path / "calls"}\n')
         (bin_dir / tool).chmod(0o755)
     runs = tmp_path / "w"
-    cmd = ["bash", "tools/experiments/run.sh", "width", "--arms", "net2net", "--runs", str(runs)]
+    cmd = ["bash", "tools/experiments/run.sh", "width", "--arms", "net2net", "--runs", str(runs), "--seeds", "2"]
     env = {**os.environ, "BIGTRAIN_BIN": str(bin_dir), "NICE": "0"}
     result = subprocess.run(
         [*cmd, "--set", "train.lr=1e-3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
@@ -343,8 +343,17 @@ def test_run_sh_passes_sets_and_points_a_grown_arm_at_its_base_under_runs(tmp_pa
     calls = (tmp_path / "calls").read_text().splitlines()
     trained = [c.split()[1].rsplit("/", 1)[1] for c in calls if c.startswith("bigtrain-run")]
     frontier = ["scratch-wide", "scratch-wide-0.5x", "scratch-wide-0.75x", "scratch-wide-1.5x"]
-    assert trained == [f"{arm}.yaml" for arm in ["base", *frontier, "net2net"]]  # --arms: with what it needs
-    net2net = next(c for c in calls if "/net2net.yaml" in c)
-    assert f"train.lr=1e-3 init_from={runs}/base-seed1/hf output_dir={runs}/net2net-seed1" in net2net
+    arms = ["base", *frontier, "net2net"]  # --arms: with what it needs
+    assert trained == [f"{arm}.yaml" for arm in arms for _ in (1, 2)]
+    for seed in (1, 2):  # each seed grows its own base: whole replicates
+        net2net = next(c for c in calls if "/net2net.yaml" in c and f"net2net-seed{seed} " in c)
+        assert f"train.lr=1e-3 init_from={runs}/base-seed{seed}/hf output_dir={runs}/net2net-seed{seed} " in net2net
+        assert f"train.seed={seed} data.seed={seed}" in net2net
     assert "init_from" not in next(c for c in calls if "/scratch-wide.yaml" in c)  # a scratch arm grows from nothing
     assert calls[-1].startswith("bigtrain-report ") and f"--out {runs}/report" in calls[-1]
+    # upscale's arms grow a run directory (its last training checkpoint), not an export
+    (tmp_path / "calls").unlink()
+    up = ["bash", "tools/experiments/run.sh", "upscale", "--arms", "dus", "--seeds", "2"]
+    assert subprocess.run(up, cwd=REPO, env=env, capture_output=True, text=True, timeout=60).returncode == 0
+    dus = [c for c in (tmp_path / "calls").read_text().splitlines() if "/dus.yaml" in c]
+    assert [f"init_from=runs/experiments/upscale/base-seed{s} " in c for s, c in zip((1, 2), dus)] == [True, True]

@@ -142,6 +142,14 @@ def test_overrides_apply_to_every_stage(tmp_path: Path) -> None:
     assert stages[1].recipe.output_dir == str(tmp_path / "elsewhere" / "s2")
 
 
+def test_a_growth_draws_from_the_runs_seed_unless_it_sets_its_own(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("heads: 8}", "heads: 8, seed: 5}"))
+    stages = resolve_stages(load_recipe(path, ["train.seed=3"]), ["train.seed=3"], source=str(path))
+    assert stages[1].grow is not None and stages[1].grow.seed == 3  # unset: the stage's train.seed
+    assert stages[2].grow is not None and stages[2].grow.seed == 5  # its own
+    assert resolve_stages(load_recipe(path), source=str(path))[1].grow.seed == 1234  # train.seed's default
+
+
 def test_a_command_line_lr_is_the_anchor_of_by_size(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     stages = resolve_stages(load_recipe(path, ["train.lr=2e-3"]), ["train.lr=2e-3"])

@@ -134,18 +134,28 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     if recipe.train.schedule_scope == "pipeline":
         pipeline_schedule([flat for _, flat in flats], [where for where, _ in flats])
     for i, (spec, (where, flat)) in enumerate(zip(recipe.stages, flats, strict=True)):
+        stage_recipe = validate_recipe(flat, where)
+        grow = seeded_by_run(spec.grow, stage_recipe.train.seed)
         stages.append(
             Stage(
                 index=i,
                 name=spec.name,
-                recipe=validate_recipe(flat, where),
-                grow=spec.grow,
+                recipe=stage_recipe,
+                grow=grow,
                 grow_from=grow_sources[i],
-                inherited=inherited_layers(models[i - 1] if i else source_model(recipe, spec), spec.grow),
+                inherited=inherited_layers(models[i - 1] if i else source_model(recipe, spec), grow),
                 root=Path(root),
             )
         )
     return stages
+
+
+def seeded_by_run(grow: GrowSpec | None, seed: int) -> GrowSpec | None:
+    """A growth without its own `seed:` draws (replica maps, splits, noise, new layers) from the stage's
+    `train.seed`: one seed names a replicate, so the seeds of a sweep vary the growth too."""
+    if grow is None or grow.seed is not None:
+        return grow
+    return grow.model_copy(update={"seed": seed})
 
 
 def source_model(recipe: Recipe, spec: StageSpec) -> ModelSpec | None:

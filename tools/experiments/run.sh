@@ -4,14 +4,14 @@
 #   tools/experiments/run.sh NAME [--seeds N] [--size cpu|gpu] [--nproc N] [--runs DIR] [--out DIR] [--arms A,B] [--set KEY=VALUE]...
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
-# the arms in run order (`ARM [baseline] [frontier] [once]`: `once` runs seed 1 only, e.g. a shared starting
-# point; `frontier` arms are the baseline frontier, complete schedules at several budgets), and
-# <size>/<ARM>.yaml is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the
-# initialisation and data.seed=S for the order of the data, in every stage) into
-# <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report
-# goes to <out> (default <runs>/report); an arm that grows from another arm's run (its init_from under
-# runs/experiments/NAME/) grows from <runs>/... instead. `--arms A,B`: only those arms, with the baseline, the frontier and
-# the `once` arms they grow from (a new arm next to published ones). `--set KEY=VALUE` (repeatable): a recipe
+# the arms in run order (`ARM [baseline] [frontier] [source]`: `source`, an arm others grow from;
+# `frontier` arms are the baseline frontier, complete schedules at several budgets), and <size>/<ARM>.yaml is each arm's recipe. Every arm runs once
+# per seed S=1..N (train.seed=S for the initialisation and the growth's draws, data.seed=S for the order of
+# the data, in every stage) into <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped,
+# so a rerun resumes); the report goes to <out> (default <runs>/report). An arm that grows from another
+# arm's run (its init_from under runs/experiments/NAME/, e.g. .../base-seed1/hf) grows from that arm's run
+# of the same seed under <runs>: each seed is a whole replicate. `--arms A,B`: only those arms, with the
+# baseline, the frontier and the source arms (a new arm next to published ones). `--set KEY=VALUE` (repeatable): a recipe
 # override for every arm, e.g. the G_stack size trend, the same arms at another width:
 #   run.sh gstack --seeds 3 --arms stack,stack-grow50 --runs runs/experiments/gstack-d192 \
 #     --set model.hidden_size=192 --set model.num_heads=6 --set model.num_kv_heads=6 --set model.intermediate_size=528
@@ -57,27 +57,33 @@ while read -r arm rest; do
   [ -n "$arm" ] && [ "${arm:0:1}" != "#" ] || continue
   recipe=$DIR/$SIZE/$arm.yaml
   [ -f "$recipe" ] || { echo "error: $recipe: no such arm recipe (listed in $DIR/arms.txt)" >&2; exit 2; }
-  is_baseline=0 is_frontier=0 is_once=0 seeds=$SEEDS
+  is_baseline=0 is_frontier=0 is_source=0
   for word in $rest; do
     case $word in
       baseline) is_baseline=1 ;;
       frontier) is_frontier=1 ;;
-      once) seeds=1 is_once=1 ;;
-      *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, frontier, once)" >&2; exit 2 ;;
+      source) is_source=1 ;;
+      *) echo "error: $DIR/arms.txt: arm $arm: unknown word $word (baseline, frontier, source)" >&2; exit 2 ;;
     esac
   done
   listed=${ARMS/,$arm,/,}
-  if [ -n "$ARMS" ] && [ "$listed" = "$ARMS" ] && [ $is_baseline$is_frontier$is_once = 000 ]; then
+  if [ -n "$ARMS" ] && [ "$listed" = "$ARMS" ] && [ $is_baseline$is_frontier$is_source = 000 ]; then
     continue
   fi
-  # an arm that grows from another arm's run (init_from under the default runs directory) follows --runs
+  # an arm that grows from another arm's run (init_from under the default runs directory, written for seed 1)
+  # grows from that arm's run of the same seed, under --runs
   init=$(sed -n 's/^init_from: *\([^ #]*\).*/\1/p' "$recipe")
-  follow=()
-  if [ -n "$init" ] && [ "$RUNS" != "$DEFAULT_RUNS" ] && [ "${init#"$DEFAULT_RUNS"/}" != "$init" ]; then
-    follow=("init_from=$RUNS/${init#"$DEFAULT_RUNS"/}")
+  from_arm="" from_rest=""
+  if [ -n "$init" ] && [ "${init#"$DEFAULT_RUNS"/}" != "$init" ]; then
+    rel=${init#"$DEFAULT_RUNS"/}
+    from_arm=${rel%%/*} from_rest=${rel#*/}
+    [ "$from_rest" = "$rel" ] && from_rest="" || from_rest=/$from_rest
+    from_arm=${from_arm%-seed*}
   fi
-  for seed in $(seq 1 "$seeds"); do
+  for seed in $(seq 1 "$SEEDS"); do
     out=$RUNS/$arm-seed$seed
+    follow=()
+    [ -n "$from_arm" ] && follow=("init_from=$RUNS/$from_arm-seed$seed$from_rest")
     echo "[run.sh] $NAME/$arm seed $seed -> $out"
     nice -n "${NICE:-5}" "$BIN/bigtrain-run" "$recipe" --nproc "$NPROC" ${SETS[@]:+"${SETS[@]}"} ${follow[@]:+"${follow[@]}"} output_dir="$out" train.seed="$seed" data.seed="$seed"
     runs+=("$out")
