@@ -150,6 +150,18 @@ def test_a_growth_draws_from_the_runs_seed_unless_it_sets_its_own(tmp_path: Path
     assert resolve_stages(load_recipe(path), source=str(path))[1].grow.seed == 1234  # train.seed's default
 
 
+def test_a_command_line_init_from_is_what_the_first_stage_grows(tmp_path: Path) -> None:
+    """Not every stage's init_from: a grown first stage still starts from its grown init/ (bigtrain-run
+    ... init_from=runs/base-seed2/hf, as tools/experiments/run.sh passes it)."""
+    path = write(
+        tmp_path, "  - name: wide\n    grow: {op: net2net, hidden: 128, heads: 8}\n", "init_from: base-seed1/hf\n"
+    )
+    for overrides in ([], ["init_from=base-seed2/hf"]):
+        (wide,) = resolve_stages(load_recipe(path, overrides), overrides, source=str(path))
+        assert wide.grow_from == ("base-seed2/hf" if overrides else "base-seed1/hf")
+        assert wide.recipe.init_from == str(tmp_path / "run" / "wide" / "init")
+
+
 def test_a_command_line_lr_is_the_anchor_of_by_size(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     stages = resolve_stages(load_recipe(path, ["train.lr=2e-3"]), ["train.lr=2e-3"])

@@ -84,12 +84,14 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
     """The stages of `recipe` in order. A flat recipe is one stage named after nothing: `main`.
 
     `overrides` (the `key=value`s of the command line) are applied to every stage last, so they win over
-    stage-specific values; `output_dir` is the root under which each stage gets its own directory.
+    stage-specific values; `output_dir` is the root under which each stage gets its own directory, and
+    `init_from` what the first stage starts (or grows) from, as the recipe's own `init_from:` is.
     """
     if not recipe.stages:
         return [Stage(0, "main", recipe, None, None, ())]
     models = check_stages(recipe, source)
-    per_stage = {k: v for k, v in parse_overrides(overrides or []).items() if k not in ("output_dir", "stages")}
+    forced = parse_overrides(overrides or [])
+    per_stage = {k: v for k, v in forced.items() if k not in ("output_dir", "init_from", "stages")}
     root = recipe.output_dir
     first_lr: float | None = None
     stages: list[Stage] = []
@@ -111,7 +113,7 @@ def resolve_stages(recipe: Recipe, overrides: list[str] | None = None, source: s
             first_lr = float(train["lr"])
         out = stage_dir(root, spec.name)
         prev_export = str(stage_dir(root, recipe.stages[i - 1].name) / "hf") if i else None
-        origin = prev_export if i else (spec.init_from or recipe.init_from)
+        origin = prev_export if i else (forced.get("init_from") or spec.init_from or recipe.init_from)
         init_from = str(out / "init") if spec.grow is not None else origin
         grow_sources.append(grow_source(recipe, i, origin))
         flat: dict[str, Any] = {
