@@ -5,14 +5,15 @@
 #
 # NAME is a directory of recipes/experiments/ (gstack, step, ffn-middle, family, width): its arms.txt lists
 # the arms in run order (`ARM [baseline] [frontier] [source]`: `source`, an arm others grow from;
-# `frontier` arms are the baseline frontier, complete schedules at several budgets), and <size>/<ARM>.yaml is each arm's recipe. Every arm runs once
-# per seed S=1..N (train.seed=S for the initialisation and the growth's draws, data.seed=S for the order of
-# the data, in every stage) into <runs>/<ARM>-seed<S> through `bigtrain-run` (finished stages are skipped,
-# so a rerun resumes); the report goes to <out> (default <runs>/report). An arm that grows from another
-# arm's run (its init_from under runs/experiments/NAME/, e.g. .../base-seed1/hf) grows from that arm's run
-# of the same seed under <runs>: each seed is a whole replicate. `--arms A,B`: only those arms, with the
-# baseline, the frontier and the source arms (a new arm next to published ones). `--set KEY=VALUE` (repeatable): a recipe
-# override for every arm, e.g. the G_stack size trend, the same arms at another width:
+# `frontier` arms are the baseline frontier, complete schedules at several budgets), and <size>/<ARM>.yaml
+# is each arm's recipe. Every arm runs once per seed S=1..N (train.seed=S for the initialisation and the
+# growth's draws, data.seed=S for the order of the data, in every stage) into <runs>/<ARM>-seed<S> through
+# `bigtrain-run` (finished stages are skipped, so a rerun resumes); the report goes to <out> (default
+# <runs>/report). An arm that grows from another arm's run (its init_from under runs/experiments/NAME/,
+# e.g. .../base-seed1/hf) grows from that arm's run of the same seed under <runs>: each seed is a whole
+# replicate. `--arms A,B`: only those arms, with the baseline, the frontier and the source arms (a new arm
+# next to published ones). `--set KEY=VALUE` (repeatable): a recipe override for every arm, e.g. the
+# G_stack size trend, the same arms at another width:
 #   run.sh gstack --seeds 3 --arms stack,stack-grow50 --runs runs/experiments/gstack-d192 \
 #     --set model.hidden_size=192 --set model.num_heads=6 --set model.num_kv_heads=6 --set model.intermediate_size=528
 # Environment: NICE (default 5) for the training processes.
@@ -75,10 +76,9 @@ while read -r arm rest; do
   init=$(sed -n 's/^init_from: *\([^ #]*\).*/\1/p' "$recipe")
   from_arm="" from_rest=""
   if [ -n "$init" ] && [ "${init#"$DEFAULT_RUNS"/}" != "$init" ]; then
-    rel=${init#"$DEFAULT_RUNS"/}
-    from_arm=${rel%%/*} from_rest=${rel#*/}
-    [ "$from_rest" = "$rel" ] && from_rest="" || from_rest=/$from_rest
-    from_arm=${from_arm%-seed*}
+    rel=${init#"$DEFAULT_RUNS"/}          # e.g. base-seed1/hf, or base-seed1 (the run directory)
+    from_run=${rel%%/*} from_rest=${rel#"${rel%%/*}"}
+    from_arm=${from_run%-seed*}
   fi
   for seed in $(seq 1 "$SEEDS"); do
     out=$RUNS/$arm-seed$seed
